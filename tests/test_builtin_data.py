@@ -1,0 +1,248 @@
+"""The shapes world, the built-in documents/batches, and the inspect CLI."""
+
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dvlm_jax import config as config_lib
+from dvlm_jax.data import builtin
+from dvlm_jax.data import inspect as inspect_cli
+from dvlm_jax.data import layout
+from dvlm_jax.data import shapes
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY_EXPERIMENT = os.path.join(REPO, 'experiments', 'tiny.py')
+
+# A stand-alone experiment file, so these tests need nothing but the data package.
+SMALL_EXPERIMENT = '''
+from dvlm_jax import config as config_lib
+
+def get_config(arg=None):
+  c = config_lib.defaults()
+  c.data.seq_len = 256
+  c.data.batch_size = 2
+  c.image.patch_size = 4
+  c.image.scales = (2, 4)
+  return c
+'''
+
+
+@pytest.fixture
+def small_experiment(tmp_path):
+  path = tmp_path / 'small.py'
+  path.write_text(SMALL_EXPERIMENT)
+  return str(path)
+
+
+def small_config():
+  c = config_lib.defaults()
+  c.data.seq_len = 256
+  c.data.batch_size = 2
+  c.image.patch_size = 4
+  c.image.scales = (2, 4)
+  config_lib.validate(c)
+  return c
+
+
+def contract_configs():
+  """The small config, and experiments/tiny.py once it exists."""
+  configs = [small_config()]
+  if os.path.isfile(TINY_EXPERIMENT):
+    configs.append(config_lib.load(TINY_EXPERIMENT))
+  return configs
+
+
+# ------------------------------------------------------------------------- shapes
+
+def test_caption_round_trip_over_many_scenes():
+  rng = np.random.default_rng(0)
+  seen_relations = set()
+  for _ in range(2000):
+    scene = shapes.sample_scene(rng, max_shapes=3)
+    text = shapes.caption(scene)
+    assert shapes.parse_caption(text) == scene, text
+    seen_relations.add(scene.relation)
+  assert seen_relations == {None, *shapes.RELATIONS}
+
+
+def test_caption_example_and_relation_sentence():
+  scene = shapes.Scene((shapes.Shape('circle', 'red', 'large', 'top', 'left'),
+                        shapes.Shape('square', 'blue', 'small', 'bottom', 'right')),
+                       relation='above')
+  assert shapes.caption(scene) == ('a large red circle at the top left and a small blue square '
+                                    'at the bottom right. the red circle is above the blue square.')
+
+
+@pytest.mark.parametrize('text', [
+    'a large red circle at the top left',                        # no full stop
+    'a large red circle at the top left. ',                      # trailing space
+    'a huge red circle at the top left.',                        # unknown size
+    'a large red circle at the top left and a small blue square at the top left.',  # one cell
+    'a large red circle at the top left and a small blue square at the bottom right. '
+    'the red circle is below the blue square.',                  # false relation
+    'a large red circle at the top left and a small blue square at the bottom right. '
+    'the green circle is above the blue square.',                # names another shape
+    'draw: a large red circle at the top left.',                 # not a bare caption
+])
+def test_parse_caption_rejects_what_caption_never_writes(text):
+  with pytest.raises(ValueError):
+    shapes.parse_caption(text)
+
+
+def test_render_is_deterministic_and_puts_each_colour_in_its_cell():
+  rng = np.random.default_rng(1)
+  for size_px in (16, 32, 48):
+    for _ in range(50):
+      scene = shapes.sample_scene(rng, max_shapes=2)
+      image = shapes.render(scene, size_px)
+      assert image.shape == (size_px, size_px, 3) and image.dtype == np.uint8
+      np.testing.assert_array_equal(image, shapes.render(scene, size_px))
+      painted = np.any(image != shapes.BACKGROUND, axis=-1)
+      inside = np.zeros_like(painted)
+      for shape in scene.shapes:
+        x0, y0, x1, y1 = shapes.cell_box(*shape.cell, size_px)
+        cell = image[y0:y1, x0:x1]
+        assert np.all(cell == shapes.COLOURS[shape.colour], axis=-1).any(), (scene, size_px)
+        inside[y0:y1, x0:x1] = True
+      assert not painted[~inside].any(), 'a shape left its cell'
+
+
+def test_large_shapes_cover_more_than_small_ones():
+  for kind in shapes.KINDS:
+    area = {size: np.any(shapes.render(shapes.Scene((shapes.Shape(kind, 'white', size, 'middle',
+                                                                  'center'),)), 32)
+                         != shapes.BACKGROUND, axis=-1).sum()
+            for size in shapes.SIZES}
+    assert area['large'] > area['small'] > 0, (kind, area)
+
+
+# ---------------------------------------------------------------------- documents
+
+def _fingerprint(doc):
+  return [x if isinstance(x, str) else x.tobytes() for x in doc]
+
+
+def _take(iterator, n):
+  return [next(iterator) for _ in range(n)]
+
+
+def test_example_documents_are_deterministic_and_mixed():
+  first = _take(builtin.example_documents(np.random.default_rng(3), 16), 300)
+  again = _take(builtin.example_documents(np.random.default_rng(3), 16), 300)
+  other = _take(builtin.example_documents(np.random.default_rng(4), 16), 300)
+  assert [_fingerprint(d) for d in first] == [_fingerprint(d) for d in again]
+  assert [_fingerprint(d) for d in first] != [_fingerprint(d) for d in other]
+  kinds = {'generation': 0, 'understanding': 0, 'text': 0}
+  for doc in first:
+    if len(doc) == 1:
+      kinds['text'] += 1
+      assert shapes.parse_caption(doc[0]).relation is not None
+    elif isinstance(doc[0], str):
+      kinds['generation'] += 1
+      assert doc[0].startswith(builtin.GENERATION_PROMPT)
+      scene = shapes.parse_caption(doc[0][len(builtin.GENERATION_PROMPT):])
+      np.testing.assert_array_equal(doc[1], shapes.render(scene, 16))
+    else:
+      kinds['understanding'] += 1
+      np.testing.assert_array_equal(doc[0], shapes.render(shapes.parse_caption(doc[1]), 16))
+  assert all(count > 10 for count in kinds.values()), kinds
+
+
+def test_mix_is_configurable():
+  docs = _take(builtin.example_documents(np.random.default_rng(0), 16,
+                                         builtin.Mix(generation=1.0, text=0.0)), 50)
+  assert all(isinstance(d[0], str) and len(d) == 2 for d in docs)
+  with pytest.raises(ValueError):
+    builtin.Mix(generation=0.8, text=0.3)
+
+
+# ------------------------------------------------------------------------ batches
+
+@pytest.mark.parametrize('config', contract_configs())
+def test_batches_yield_the_contract(config):
+  cfg = layout.LayoutConfig.from_config(config)
+  spec = layout.batch_spec(cfg, config.data.batch_size)
+  stream = builtin.batches(config, seed=0)
+  for _ in range(4):
+    batch = next(stream)
+    assert set(batch) == set(spec)
+    for name, (shape, dtype) in spec.items():
+      assert batch[name].shape == shape and batch[name].dtype == dtype, name
+    assert (batch['modality'] == 2).any() and (batch['modality'] == 1).any()
+    assert batch['image_weights'].sum() > 0 and batch['text_weights'].sum() > 0
+    image = batch['modality'] == 2
+    assert np.all(np.abs(batch['patches'][image]) <= 1.0)
+
+
+def test_batches_are_deterministic_per_seed():
+  config = small_config()
+  a = builtin.fixed_batch(config, seed=5)
+  b = builtin.fixed_batch(config, seed=5)
+  c = builtin.fixed_batch(config, seed=6)
+  for name in a:
+    np.testing.assert_array_equal(a[name], b[name])
+  assert not np.array_equal(a['tokens'], c['tokens'])
+  config.data.seed = 5  # seed=None falls back to config.data.seed
+  np.testing.assert_array_equal(builtin.fixed_batch(config)['patches'], a['patches'])
+
+
+# ------------------------------------------------------------------------ inspect
+
+def test_numpy_mask_matches_the_model_mask():
+  from dvlm_jax.model import attention
+  batch = builtin.fixed_batch(small_config(), seed=0)
+  expected = np.asarray(attention.make_mask(batch['segment_ids'], batch['segment_ids'],
+                                            batch['attn_end']))
+  for r in range(batch['tokens'].shape[0]):
+    np.testing.assert_array_equal(
+        inspect_cli.attention_mask(batch['segment_ids'][r], batch['attn_end'][r]), expected[r])
+
+
+def test_patches_reassemble_into_the_rendered_image():
+  config = small_config()
+  config.image.caption_dropout = 0.0
+  cfg = layout.LayoutConfig.from_config(config)
+  scene = shapes.Scene((shapes.Shape('square', 'yellow', 'large', 'top', 'right'),))
+  image = shapes.render(scene, builtin.image_size(config))
+  doc = layout.encode_document([image, shapes.caption(scene)], cfg,
+                               builtin.tokenizer_lib.ByteTokenizer(), np.random.default_rng(0))
+  sel = (doc['copy'] == 2) & (doc['scale'] == len(cfg.scales))
+  pixels = inspect_cli.patches_to_image(doc['patches'][sel], doc['positions'][sel],
+                                        cfg.patch_size)
+  np.testing.assert_array_equal(pixels, image)
+
+
+def test_inspect_cli_writes_npz_and_png(small_experiment, tmp_path, capsys):
+  out, png = tmp_path / 'batch.npz', tmp_path / 'layout.png'
+  rc = inspect_cli.main(['--config', small_experiment, '--config.data.seq_len=320',
+                         '--config.data.batch_size', '3', '--out', str(out), '--png', str(png),
+                         '--row', '1'])
+  assert rc == 0
+  with np.load(out) as saved:
+    spec = layout.batch_spec(layout.LayoutConfig.from_config(small_config()), 3)
+    assert set(saved.files) == set(spec)
+    assert saved['tokens'].shape == (3, 320)
+  picture = Image.open(png)
+  assert picture.width > 300 and picture.height > 300
+  assert len(np.unique(np.asarray(picture.convert('RGB')).reshape(-1, 3), axis=0)) > 8
+  printed = capsys.readouterr().out
+  assert 'masked:' in printed and 'image_targets' in printed
+
+
+def test_inspect_cli_rejects_unknown_keys(small_experiment, tmp_path, capsys):
+  rc = inspect_cli.main(['--config', small_experiment, '--config.data.seq_lenn=3',
+                         '--out', str(tmp_path / 'x.npz')])
+  assert rc == 2 and 'seq_len' in capsys.readouterr().err
+  assert not (tmp_path / 'x.npz').exists()
+
+
+def test_batches_fail_clearly_when_no_document_fits():
+  config = small_config()
+  config.data.seq_len = config_lib.image_token_count(config) + 8  # an image, but no caption
+  config.image.caption_dropout = 0.0
+  config.data.builtin_generation = 1.0
+  config.data.builtin_text = 0.0
+  with pytest.raises(ValueError, match='data.seq_len'):
+    next(builtin.batches(config, seed=0))

@@ -1,0 +1,354 @@
+"""Configs: defaults, loading `experiments/NAME.py:arg`, command-line overrides, validation.
+
+An experiment file defines `get_config(arg=None) -> ConfigDict`, usually by calling
+`defaults()` and changing what differs. On the command line:
+
+  --config experiments/tiny.py[:arg] --config.model.core_layers=4 --config.image.scales=2,4
+
+Unknown keys and inconsistent values fail at start with `ConfigError` naming the key.
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+import importlib.util
+import json
+import os
+from typing import Any, Sequence
+
+import ml_collections
+
+ConfigDict = ml_collections.ConfigDict
+
+
+class ConfigError(ValueError):
+  """A config key is unknown or its value is inconsistent; the message names the key."""
+
+
+def defaults() -> ConfigDict:
+  """Every key the framework reads, with the 'dream VLM' defaults. Experiments override."""
+  c = ConfigDict()
+
+  c.model = m = ConfigDict()
+  m.vocab_size = 384            # >= tokenizer size (272 for the byte tokenizer), padded for sharding
+  m.d_model = 256
+  m.n_heads = 4
+  m.n_kv_heads = 4              # < n_heads gives grouped-query attention
+  m.head_dim = 64
+  m.mlp_dim = 1024
+  m.core_layers = 4
+  # Late merge / early split: modality-specific transformer blocks. 0 = shared (Janus-like).
+  m.text_in_layers = 1
+  m.image_in_layers = 1
+  m.text_out_layers = 1
+  m.imun_out_layers = 1
+  m.imgen_out_layers = 1
+  m.imun_head = True            # masked image modelling loss (decode masked patches)
+  m.imun_norm_pix = True        # MAE-style per-patch normalised imun target
+  m.diffusion_head = True       # per-position diffusion head for generation
+  m.rope_theta = 10_000.0
+  m.norm_eps = 1e-6
+  m.tie_embeddings = False
+  m.dtype = 'float32'           # activation dtype: float32 | bfloat16
+  m.param_dtype = 'float32'
+  m.remat = 'none'              # none | full | dots (checkpoint policy of each block)
+  m.scan_layers = True          # scan the core layers: one compile per block shape
+  m.attention = 'xla'           # xla (reference); kernels plug in here
+  m.init_std = 0.02
+
+  c.diffusion = d = ConfigDict()
+  d.width = 256                 # MLP width of the denoiser
+  d.depth = 3                   # residual adaLN blocks
+  d.objective = 'flow'          # flow (rectified flow, v = eps - x0) | eps | v
+  d.schedule = 'cosine'         # for eps/v: cosine | linear ; flow uses t in [0, 1]
+  d.sample_steps = 32
+  d.noise_samples = 1           # noise draws per position per step (MAR uses 4)
+
+  c.image = i = ConfigDict()
+  i.patch_size = 4              # pixels per patch side; patch_dim = patch_size**2 * 3
+  i.scales = (2, 4, 8)          # patches per side at each scale, coarse to fine
+  i.dual_copy = True            # masked copy M_k followed by unmasked copy U_k
+  i.attention = 'bidirectional' # inside an image block: bidirectional | causal
+  i.target_shift = 1            # position t predicts the patch at t + shift (0 or 1)
+  i.targets = 'masked'          # masked (MIM) | next_patch (Janus-like autoregressive)
+  i.mask_ratio_min = 0.25
+  i.mask_ratio_max = 0.75
+  i.share_unmasked = 0.1        # share of images fully visible (0 % masked)
+  i.share_fully_masked = 0.1    # share of images fully masked (100 %, as in generation)
+  i.caption_dropout = 0.1       # drop the text of an image document (for CFG)
+
+  c.data = ConfigDict()
+  c.data.source = 'builtin'     # built-in procedural documents
+  c.data.seq_len = 512
+  c.data.batch_size = 8         # global batch (rows)
+  c.data.seed = 0
+
+  c.loss = ConfigDict()
+  c.loss.text_weight = 1.0
+  c.loss.imun_weight = 1.0
+  c.loss.imgen_weight = 1.0
+
+  c.optim = o = ConfigDict()
+  o.lr = 3e-4
+  o.min_lr_ratio = 0.1
+  o.warmup_steps = 100
+  o.schedule = 'cosine'         # cosine | constant | rsqrt
+  o.b1 = 0.9
+  o.b2 = 0.95
+  o.eps = 1e-8
+  o.weight_decay = 0.1
+  o.clip_norm = 1.0
+
+  c.mesh = ConfigDict()
+  c.mesh.data = 1
+  c.mesh.fsdp = -1              # -1 = all remaining devices
+  c.mesh.tensor = 1
+  c.sharding = ConfigDict()
+  c.sharding.rules = default_logical_rules()
+
+  c.train = t = ConfigDict()
+  t.steps = 1000
+  t.log_every = 10
+  t.seed = 0
+  return c
+
+
+def default_logical_rules() -> tuple[tuple[str, Any], ...]:
+  """Logical axis name -> mesh axes. FSDP shards weights on 'embed'; tensor on heads/mlp."""
+  return (
+      ('batch', ('data', 'fsdp')),
+      ('length', None),
+      ('embed', 'fsdp'),
+      ('act_embed', None),
+      ('heads', 'tensor'),
+      ('kv_heads', 'tensor'),
+      ('head_dim', None),
+      ('mlp', 'tensor'),
+      ('act_mlp', 'tensor'),
+      ('act_heads', 'tensor'),
+      ('vocab', 'tensor'),
+      ('patch', None),
+      ('layers', None),
+      ('diff_width', 'tensor'),
+      ('table', None),
+  )
+
+
+# ----------------------------------------------------------------------------- loading
+
+def load(spec: str, overrides: Sequence[str] = ()) -> ConfigDict:
+  """Loads `path.py[:arg]`, applies `a.b=value` overrides, validates."""
+  path, _, arg = spec.partition(':')
+  if not os.path.isfile(path):
+    raise ConfigError(f'--config: no such experiment file {path!r}')
+  module_spec = importlib.util.spec_from_file_location('_experiment', path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  if not hasattr(module, 'get_config'):
+    raise ConfigError(f'--config: {path} defines no get_config(arg)')
+  config = module.get_config(arg or None)
+  for item in overrides:
+    key, sep, value = item.partition('=')
+    if not sep:
+      raise ConfigError(f'override {item!r} must look like key=value')
+    set_key(config, key, value)
+  validate(config)
+  return config
+
+
+def set_key(config: ConfigDict, dotted: str, text: str) -> None:
+  """Sets config[dotted] from its command-line text, typed like the existing value."""
+  *parents, leaf = dotted.split('.')
+  node, walked = config, []
+  for name in parents + [leaf]:
+    keys = list(node.keys()) if isinstance(node, ConfigDict) else []
+    if name not in keys:
+      where = '.'.join(walked) or '<top>'
+      hint = difflib.get_close_matches(name, keys, n=1)
+      hint = f"; did you mean '{'.'.join(walked + hint)}'?" if hint else ''
+      raise ConfigError(f"unknown config key '{dotted}' (no '{name}' under {where}){hint}")
+    walked.append(name)
+    if name != leaf:
+      node = node[name]
+  node[leaf] = _parse_like(node[leaf], text, dotted)
+
+
+def _parse_like(current: Any, text: str, key: str) -> Any:
+  try:
+    if isinstance(current, bool):
+      if text.lower() in ('1', 'true', 'yes'):
+        return True
+      if text.lower() in ('0', 'false', 'no'):
+        return False
+      raise ValueError(text)
+    if isinstance(current, int):
+      return int(text)
+    if isinstance(current, float):
+      return float(text)
+    if isinstance(current, (tuple, list)):
+      value = ast.literal_eval(text if text.strip().startswith(('(', '[')) else f'({text},)')
+      return tuple(value)
+    if current is None:
+      try:
+        return ast.literal_eval(text)
+      except (ValueError, SyntaxError):
+        return text
+    return type(current)(text)
+  except (ValueError, SyntaxError) as e:
+    raise ConfigError(f"config key '{key}': cannot read {text!r} as "
+                      f'{type(current).__name__}') from e
+
+
+# -------------------------------------------------------------------------- validation
+
+def _check(ok: bool, key: str, message: str) -> None:
+  if not ok:
+    raise ConfigError(f"config key '{key}': {message}")
+
+
+def validate(c: ConfigDict) -> None:
+  """Raises ConfigError naming the first inconsistent key."""
+  m, i, d = c.model, c.image, c.diffusion
+  for key in ('d_model', 'n_heads', 'n_kv_heads', 'head_dim', 'mlp_dim', 'core_layers',
+              'vocab_size'):
+    _check(isinstance(m[key], int) and m[key] > 0, f'model.{key}', f'must be a positive int, got {m[key]!r}')
+  for key in ('text_in_layers', 'image_in_layers', 'text_out_layers', 'imun_out_layers',
+              'imgen_out_layers'):
+    _check(m[key] >= 0, f'model.{key}', f'must be >= 0, got {m[key]}')
+  _check(m.n_heads % m.n_kv_heads == 0, 'model.n_kv_heads',
+         f'n_heads={m.n_heads} must be a multiple of n_kv_heads={m.n_kv_heads}')
+  _check(m.head_dim % 8 == 0, 'model.head_dim',
+         f'must be a multiple of 8 (rotary pairs split over t, y, x), got {m.head_dim}')
+  from dvlm_jax.data import tokenizer as tok_lib  # data knows the tokenizer size
+  _check(m.vocab_size >= tok_lib.ByteTokenizer().vocab_size, 'model.vocab_size',
+         f'{m.vocab_size} < byte tokenizer size {tok_lib.ByteTokenizer().vocab_size}')
+  for key in ('dtype', 'param_dtype'):
+    _check(m[key] in ('float32', 'bfloat16'), f'model.{key}', f'float32 | bfloat16, got {m[key]!r}')
+  _check(m.remat in ('none', 'full', 'dots'), 'model.remat', f'none | full | dots, got {m.remat!r}')
+  _check(m.attention in ('xla',), 'model.attention', f"only 'xla' is available, got {m.attention!r}")
+
+  scales = tuple(i.scales)
+  _check(len(scales) >= 1, 'image.scales', 'needs at least one scale')
+  _check(all(isinstance(s, int) and s > 0 for s in scales), 'image.scales',
+         f'must be positive ints (patches per side), got {scales}')
+  _check(all(a < b for a, b in zip(scales, scales[1:])), 'image.scales',
+         f'must be strictly increasing (coarse to fine), got {scales}')
+  _check(len(scales) <= tok_lib.MAX_SCALES, 'image.scales',
+         f'at most {tok_lib.MAX_SCALES} scales (scale marker tokens), got {len(scales)}')
+  _check(i.patch_size > 0, 'image.patch_size', f'must be positive, got {i.patch_size}')
+  _check(i.attention in ('bidirectional', 'causal'), 'image.attention',
+         f'bidirectional | causal, got {i.attention!r}')
+  _check(i.target_shift in (0, 1), 'image.target_shift', f'0 or 1, got {i.target_shift}')
+  _check(i.targets in ('masked', 'next_patch'), 'image.targets',
+         f'masked | next_patch, got {i.targets!r}')
+  _check(0.0 <= i.mask_ratio_min <= i.mask_ratio_max <= 1.0, 'image.mask_ratio_min',
+         f'need 0 <= mask_ratio_min <= mask_ratio_max <= 1, got {i.mask_ratio_min}, {i.mask_ratio_max}')
+  _check(i.share_unmasked >= 0 and i.share_fully_masked >= 0
+         and i.share_unmasked + i.share_fully_masked <= 1.0, 'image.share_fully_masked',
+         'share_unmasked + share_fully_masked must lie in [0, 1]')
+  _check(0.0 <= i.caption_dropout <= 1.0, 'image.caption_dropout', 'must lie in [0, 1]')
+  if i.targets == 'next_patch':
+    # Next-patch prediction decodes the patch after each position: only sound when that
+    # patch is invisible (causal), shifted, and no second copy reveals it.
+    _check(i.attention == 'causal', 'image.attention', "targets='next_patch' needs causal image attention")
+    _check(i.target_shift == 1, 'image.target_shift', "targets='next_patch' needs target_shift=1")
+    _check(not i.dual_copy, 'image.dual_copy', "targets='next_patch' needs dual_copy=False")
+
+  _check(d.objective in ('flow', 'eps', 'v'), 'diffusion.objective', f'flow | eps | v, got {d.objective!r}')
+  _check(d.schedule in ('cosine', 'linear'), 'diffusion.schedule', f'cosine | linear, got {d.schedule!r}')
+  _check(d.sample_steps >= 1, 'diffusion.sample_steps', 'must be >= 1')
+  _check(d.noise_samples >= 1, 'diffusion.noise_samples', 'must be >= 1')
+
+  image_tokens = image_token_count(c)
+  _check(c.data.seq_len >= image_tokens + 8, 'data.seq_len',
+         f'{c.data.seq_len} cannot hold one image ({image_tokens} tokens with markers)')
+  _check(c.data.batch_size >= 1, 'data.batch_size', 'must be >= 1')
+  for key in ('text_weight', 'imun_weight', 'imgen_weight'):
+    _check(c.loss[key] >= 0, f'loss.{key}', 'must be >= 0')
+  _check(c.optim.schedule in ('cosine', 'constant', 'rsqrt'), 'optim.schedule',
+         f'cosine | constant | rsqrt, got {c.optim.schedule!r}')
+  _check(c.optim.warmup_steps >= 0, 'optim.warmup_steps', 'must be >= 0')
+  _check(c.train.steps >= 1, 'train.steps', 'must be >= 1')
+
+
+def image_token_count(c: ConfigDict) -> int:
+  """Tokens one image takes in a row: markers, and one or two copies per scale."""
+  copies = 2 if c.image.dual_copy else 1
+  return 2 + sum(1 + copies * s * s for s in c.image.scales)
+
+
+def to_json(c: ConfigDict) -> str:
+  return json.dumps(c.to_dict(), indent=2, sort_keys=True, default=str)
+
+
+# ------------------------------------------------------------------ sizes and ablations
+
+# Model (and matching data) sizes shared by the experiment files. Parameter counts are
+# printed at start by the train command; base and b1 land near 300M and 1B.
+SIZES = {
+    'tiny': dict(d_model=64, n_heads=2, n_kv_heads=2, head_dim=32, mlp_dim=128, core_layers=2),
+    'small': dict(d_model=128, n_heads=4, n_kv_heads=4, head_dim=32, mlp_dim=384, core_layers=4),
+    'base': dict(d_model=1024, n_heads=16, n_kv_heads=16, head_dim=64, mlp_dim=4096,
+                 core_layers=14),
+    'b1': dict(d_model=2048, n_heads=16, n_kv_heads=8, head_dim=128, mlp_dim=5632,
+               core_layers=15),
+}
+
+
+def apply_size(c: ConfigDict, size: str) -> ConfigDict:
+  if size not in SIZES:
+    raise ConfigError(f"unknown size {size!r}; choose one of {sorted(SIZES)}")
+  c.model.update(SIZES[size])
+  return c
+
+
+# Each claim of the seed essay, as the overrides that switch it off in the dream config.
+ABLATIONS = {
+    'no_modality_blocks': {'model.text_in_layers': 0, 'model.image_in_layers': 0,
+                           'model.text_out_layers': 0, 'model.imun_out_layers': 0,
+                           'model.imgen_out_layers': 0},
+    'no_in_blocks': {'model.text_in_layers': 0, 'model.image_in_layers': 0},
+    'no_out_blocks': {'model.text_out_layers': 0, 'model.imun_out_layers': 0,
+                      'model.imgen_out_layers': 0},
+    'causal_images': {'image.attention': 'causal'},
+    'no_masked_modelling': {'model.imun_head': False},
+    'single_scale': {'image.scales': None},       # None: keep only the finest scale
+    'single_copy': {'image.dual_copy': False},
+    'no_diffusion': {'model.diffusion_head': False},
+    'no_target_shift': {'image.target_shift': 0},
+}
+
+
+def apply_ablation(c: ConfigDict, name: str) -> ConfigDict:
+  """Flips one seed claim off (see ABLATIONS and docs/ablations.md)."""
+  if name not in ABLATIONS:
+    raise ConfigError(f"unknown ablation {name!r}; choose one of {sorted(ABLATIONS)}")
+  for key, value in ABLATIONS[name].items():
+    section, leaf = key.split('.')
+    if key == 'image.scales':
+      value = (c.image.scales[-1],)
+    c[section][leaf] = value
+  return c
+
+
+def janus_like(c: ConfigDict) -> ConfigDict:
+  """The Janus-like baseline: one shared stack, causal single-scale images, no MIM,
+  next-patch generation through the diffusion head (continuous-token autoregression).
+
+  The core gets the layers the modality blocks had, so every token passes through as
+  many blocks as in the dream model of the same size (compare at equal depth).
+  """
+  m = c.model
+  m.core_layers += (max(m.text_in_layers, m.image_in_layers)
+                    + max(m.text_out_layers, m.imun_out_layers, m.imgen_out_layers))
+  apply_ablation(c, 'no_modality_blocks')
+  c.model.imun_head = False
+  c.image.attention = 'causal'
+  c.image.scales = (c.image.scales[-1],)
+  c.image.dual_copy = False
+  c.image.targets = 'next_patch'
+  c.image.target_shift = 1
+  c.image.share_unmasked = 1.0
+  c.image.share_fully_masked = 0.0
+  return c

@@ -1,0 +1,126 @@
+"""The dream VLM: modality blocks around a shared core, three heads.
+
+    text tokens   -> text-in blocks  \\                      / text-out  -> LM head
+                                      > core (L blocks) ---- imun-out  -> patch head
+    pixel patches -> image-in blocks /                      \\ imgen-out -> diffusion head
+
+Every block uses the one attention rule of `attention.make_mask` with its own scope:
+text-in sees earlier text of its document, image-in sees its own image under
+`attn_end` (bidirectional inside each M_k / U_k block), core and out blocks see the
+whole document under `attn_end`. A block count of 0 makes that stage shared: with all
+in/out counts 0 the model is the Janus-like baseline (one stack, heads on the core).
+
+Modality blocks run over the whole row and their outputs are selected per position
+(`where`); queries outside a block's scope attend to nothing and are discarded. This
+keeps shapes static; compacting each modality's positions is a performance change that
+must not change any output.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from dvlm_jax.model import attention
+from dvlm_jax.model.diffusion import DiffusionHead
+from dvlm_jax.model.layers import Dense, ModelConfig, RMSNorm, Stack, constrain
+
+TEXT, IMAGE = 1, 2
+
+
+class DreamVLM(nn.Module):
+  cfg: ModelConfig
+
+  def setup(self):
+    c = self.cfg
+    emb_init = nn.with_logical_partitioning(nn.initializers.normal(c.init_std), ('vocab', 'embed'))
+    table_init = nn.with_logical_partitioning(nn.initializers.normal(c.init_std), ('table', 'embed'))
+    self.text_embed = self.param('text_embed', emb_init, (c.vocab_size, c.d_model), c.param_dtype)
+    self.patch_embed = Dense(c.d_model, ('patch', 'embed'), use_bias=True, dtype=c.dtype,
+                             param_dtype=c.param_dtype, std=c.patch_dim ** -0.5)
+    self.mask_embed = self.param('mask_embed', table_init, (1, c.d_model), c.param_dtype)
+    # Scale 0 and copy 0 are unused rows (text); they keep the tables index-aligned.
+    self.scale_embed = self.param('scale_embed', table_init, (c.num_scales + 1, c.d_model),
+                                  c.param_dtype)
+    self.copy_embed = self.param('copy_embed', table_init, (3, c.d_model), c.param_dtype)
+
+    self.text_in = Stack(c, c.text_in_layers)
+    self.image_in = Stack(c, c.image_in_layers)
+    self.core = Stack(c, c.core_layers)
+    norm = dict(eps=c.norm_eps, dtype=c.dtype, param_dtype=c.param_dtype)
+    self.text_out = Stack(c, c.text_out_layers)
+    self.text_norm = RMSNorm(**norm)
+    if not c.tie_embeddings:
+      self.lm_head = Dense(c.vocab_size, ('embed', 'vocab'), dtype=c.dtype,
+                           param_dtype=c.param_dtype, std=c.init_std)
+    if c.imun_head:
+      self.imun_out = Stack(c, c.imun_out_layers)
+      self.imun_norm = RMSNorm(**norm)
+      self.patch_head = Dense(c.patch_dim, ('embed', 'patch'), dtype=c.dtype,
+                              param_dtype=c.param_dtype, std=c.init_std)
+    if c.diffusion_head:
+      self.imgen_out = Stack(c, c.imgen_out_layers)
+      self.imgen_norm = RMSNorm(**norm)
+      self.denoiser = DiffusionHead(c.patch_dim, c.diffusion_width, c.diffusion_depth, c.dtype)
+
+  def embed(self, batch):
+    """Token embeddings for text positions and patch embeddings for image positions."""
+    c = self.cfg
+    text = jnp.take(self.text_embed, batch['tokens'], axis=0).astype(c.dtype)
+    image = self.patch_embed(batch['patches'].astype(c.dtype))
+    image = jnp.where(batch['is_masked'][..., None], self.mask_embed.astype(c.dtype), image)
+    image = image + jnp.take(self.scale_embed, batch['scale'], axis=0).astype(c.dtype)
+    image = image + jnp.take(self.copy_embed, batch['copy'], axis=0).astype(c.dtype)
+    names = ('batch', 'length', 'act_embed')
+    return constrain(text, names), constrain(image, names)
+
+  def __call__(self, batch, *, return_hidden: bool = False):
+    """Runs the whole model on a batch in the contract.
+
+    Returns a dict with `text_logits` [B, L, V] (float32), `patch_pred` [B, L, P] (if
+    imun_head), `imgen_cond` [B, L, D] (the diffusion condition, if diffusion_head) and,
+    with `return_hidden`, `hidden`: the output of every stage at every position.
+    """
+    c = self.cfg
+    modality, seg, attn_end = batch['modality'], batch['segment_ids'], batch['attn_end']
+    positions = batch['positions']
+    is_image = (modality == IMAGE)[..., None]
+    text_x, image_x = self.embed(batch)
+
+    own = jnp.broadcast_to(jnp.arange(modality.shape[1], dtype=jnp.int32), modality.shape)
+    text_scope = jnp.where(modality == TEXT, seg, 0)
+    text_in = self.text_in(text_x, positions, attention.make_mask(text_scope, text_scope, own))
+    image_in = self.image_in(
+        image_x, positions, attention.make_mask(batch['image_id'], batch['image_id'], attn_end))
+    x = jnp.where(is_image, image_in, text_in)
+
+    doc_mask = attention.make_mask(seg, seg, attn_end)
+    core = self.core(x, positions, doc_mask)
+
+    out, hidden = {}, {'text_in': text_in, 'image_in': image_in, 'core': core}
+    text_h = self.text_out(core, positions, doc_mask)
+    hidden['text_out'] = text_h
+    text_h = self.text_norm(text_h)
+    if c.tie_embeddings:
+      logits = jnp.einsum('bld,vd->blv', text_h, self.text_embed.astype(c.dtype))
+    else:
+      logits = self.lm_head(text_h)
+    out['text_logits'] = constrain(logits.astype(jnp.float32), ('batch', 'length', 'vocab'))
+    if c.imun_head:
+      imun_h = self.imun_out(core, positions, doc_mask)
+      hidden['imun_out'] = imun_h
+      out['patch_pred'] = self.patch_head(self.imun_norm(imun_h)).astype(jnp.float32)
+    if c.diffusion_head:
+      imgen_h = self.imgen_out(core, positions, doc_mask)
+      hidden['imgen_out'] = imgen_h
+      out['imgen_cond'] = self.imgen_norm(imgen_h)
+      if self.is_initializing():  # create the denoiser's parameters
+        self.denoise(batch['image_targets'], jnp.zeros(modality.shape), out['imgen_cond'])
+    if return_hidden:
+      out['hidden'] = hidden
+    return out
+
+  def denoise(self, x_t, t, cond):
+    """The diffusion head alone: used by the loss and by samplers on cached conditions."""
+    return self.denoiser(x_t, t, cond)

@@ -1,0 +1,58 @@
+"""Device mesh and logical-axis sharding.
+
+One mesh with named axes ('data', 'fsdp', 'tensor'); sizes come from `config.mesh`, -1
+takes the remaining devices. Parameters and activations carry logical names (see
+`model/layers.py`); `config.sharding.rules` maps them to mesh axes. Everything that is
+jitted gets explicit in/out shardings derived from those names.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+MESH_AXES = ('data', 'fsdp', 'tensor')
+
+
+def mesh_shape(config, num_devices: int) -> tuple[int, ...]:
+  sizes = [int(config.mesh[a]) for a in MESH_AXES]
+  free = [i for i, s in enumerate(sizes) if s == -1]
+  if len(free) > 1:
+    raise ValueError(f'config.mesh: at most one axis may be -1, got {dict(zip(MESH_AXES, sizes))}')
+  known = math.prod(s for s in sizes if s != -1)
+  if free:
+    if num_devices % known:
+      raise ValueError(f'config.mesh: {num_devices} devices do not divide by {known}')
+    sizes[free[0]] = num_devices // known
+  if math.prod(sizes) != num_devices:
+    raise ValueError(f'config.mesh: {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} '
+                     f'devices, have {num_devices}')
+  return tuple(sizes)
+
+
+def make_mesh(config, devices=None) -> Mesh:
+  devices = list(devices if devices is not None else jax.devices())
+  shape = mesh_shape(config, len(devices))
+  return Mesh(np.asarray(devices).reshape(shape), MESH_AXES)
+
+
+def rules(config) -> tuple[tuple[str, Any], ...]:
+  return tuple((name, tuple(axes) if isinstance(axes, list) else axes)
+               for name, axes in config.sharding.rules)
+
+
+def logical_shardings(abstract_tree, mesh: Mesh, axis_rules) -> Any:
+  """NamedShardings for a tree with nn.Partitioned leaves (replicated where unboxed)."""
+  specs = nn.get_partition_spec(abstract_tree)
+  return nn.logical_to_mesh_sharding(specs, mesh, axis_rules)
+
+
+def batch_sharding(mesh: Mesh, axis_rules) -> NamedSharding:
+  """Every batch field is split over its leading (batch) dimension."""
+  spec = nn.logical_to_mesh_axes(('batch',), axis_rules)
+  return NamedSharding(mesh, P(*spec))

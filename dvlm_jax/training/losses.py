@@ -1,0 +1,88 @@
+"""The training objective: text CE + masked-patch MSE + diffusion, each over its own positions.
+
+  total = text_weight * CE(next text token)      averaged over text_weights
+        + imun_weight * MSE(masked patches)      averaged over image_weights
+        + imgen_weight * diffusion loss          averaged over image_weights
+
+Image parts are also reported per scale (`imun/scale_k`, `imgen/scale_k`). The imun
+target may be per-patch normalised (MAE); the diffusion target is raw pixels.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from dvlm_jax.model.diffusion import DiffusionObjective
+from dvlm_jax.model.dvlm import DreamVLM
+
+
+@dataclasses.dataclass(frozen=True)
+class LossConfig:
+  text_weight: float
+  imun_weight: float
+  imgen_weight: float
+  imun_norm_pix: bool
+  num_scales: int
+  objective: DiffusionObjective
+
+  @classmethod
+  def from_config(cls, config) -> 'LossConfig':
+    return cls(config.loss.text_weight, config.loss.imun_weight, config.loss.imgen_weight,
+               config.model.imun_norm_pix, len(config.image.scales),
+               DiffusionObjective.from_config(config))
+
+
+def weighted_mean(values: jax.Array, weights: jax.Array) -> jax.Array:
+  """Mean of `values` over positions with weight > 0 (0 when there are none)."""
+  return jnp.sum(values * weights) / jnp.maximum(jnp.sum(weights), 1.0)
+
+
+def normalize_patches(x: jax.Array, eps: float = 1e-6) -> jax.Array:
+  """MAE target: each patch to zero mean and unit variance over its pixels."""
+  mean = jnp.mean(x, axis=-1, keepdims=True)
+  var = jnp.var(x, axis=-1, keepdims=True)
+  return (x - mean) * jax.lax.rsqrt(var + eps)
+
+
+def _image_part(name, per_position, batch, cfg, metrics):
+  weights = batch['image_weights']
+  loss = weighted_mean(per_position, weights)
+  metrics[name] = loss
+  for k in range(1, cfg.num_scales + 1):
+    metrics[f'{name}/scale_{k}'] = weighted_mean(per_position, weights * (batch['scale'] == k))
+  return loss
+
+
+def compute_loss(model: DreamVLM, params, batch, rng: jax.Array, cfg: LossConfig):
+  """Returns (total loss, metrics dict of scalars)."""
+  out = model.apply({'params': params}, batch)
+  metrics = {}
+
+  logits = out['text_logits']
+  logp = jax.nn.log_softmax(logits, axis=-1)
+  nll = -jnp.take_along_axis(logp, batch['text_targets'][..., None], axis=-1)[..., 0]
+  text = weighted_mean(nll, batch['text_weights'])
+  metrics['text'] = text
+  metrics['text_accuracy'] = weighted_mean(
+      (jnp.argmax(logits, axis=-1) == batch['text_targets']).astype(jnp.float32),
+      batch['text_weights'])
+  total = cfg.text_weight * text
+
+  targets = batch['image_targets'].astype(jnp.float32)
+  if 'patch_pred' in out:
+    imun_target = normalize_patches(targets) if cfg.imun_norm_pix else targets
+    per_position = jnp.mean(jnp.square(out['patch_pred'] - imun_target), axis=-1)
+    total = total + cfg.imun_weight * _image_part('imun', per_position, batch, cfg, metrics)
+  if 'imgen_cond' in out:
+    cond = out['imgen_cond']
+    denoise = lambda x_t, t: model.apply({'params': params}, x_t, t, cond, method=DreamVLM.denoise)
+    per_position = cfg.objective.loss(denoise, targets, rng)
+    total = total + cfg.imgen_weight * _image_part('imgen', per_position, batch, cfg, metrics)
+
+  metrics['loss'] = total
+  metrics['text_tokens'] = jnp.sum(batch['text_weights'])
+  metrics['image_targets'] = jnp.sum(batch['image_weights'])
+  return total, metrics

@@ -1,0 +1,28 @@
+"""Base dream VLM, about 300M parameters: 256-px images at 4 scales, rows of 4096.
+
+  python -m dvlm_jax.train --config experiments/base.py --workdir runs/base
+  python -m dvlm_jax.train --config experiments/base.py:no_out_blocks --workdir runs/base_noout
+
+The optional argument names one ablation from `dvlm_jax.config.ABLATIONS`.
+"""
+
+from dvlm_jax import config as cfg_lib
+
+
+def get_config(arg=None):
+  c = cfg_lib.apply_size(cfg_lib.defaults(), 'base')
+  c.diffusion.width = 1024
+  c.diffusion.depth = 3
+  c.image.patch_size = 16
+  c.image.scales = (2, 4, 8, 16)          # 16 x 16 patches of 16 px = 256-px images
+  c.data.seq_len = 4096
+  c.data.batch_size = 64
+  c.model.dtype = 'bfloat16'
+  c.model.remat = 'dots'
+  c.optim.lr = 3e-4
+  c.optim.warmup_steps = 2000
+  c.train.steps = 100_000
+  c.train.log_every = 50
+  if arg:
+    cfg_lib.apply_ablation(c, arg)
+  return c

@@ -1,0 +1,26 @@
+"""Janus-like baseline at any size: everything shared, causal single-scale images,
+no masked image modelling, next-patch generation through the diffusion head.
+
+  python -m dvlm_jax.train --config experiments/janus.py:small --workdir runs/janus_small
+  python -m dvlm_jax.train --config experiments/janus.py:base --workdir runs/janus_base
+
+The argument names the size (tiny | small | base | b1; default small) and picks the
+data, diffusion and optimiser settings of the dream experiment of that size, so the
+two are directly comparable.
+"""
+
+import importlib.util
+import os
+
+from dvlm_jax import config as cfg_lib
+
+
+def get_config(arg=None):
+  size = arg or 'small'
+  if size not in cfg_lib.SIZES:
+    raise cfg_lib.ConfigError(f"janus.py: unknown size {size!r}; choose one of {sorted(cfg_lib.SIZES)}")
+  path = os.path.join(os.path.dirname(__file__), f'{size}.py')
+  spec = importlib.util.spec_from_file_location(f'_dream_{size}', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return cfg_lib.janus_like(module.get_config())

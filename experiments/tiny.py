@@ -1,0 +1,27 @@
+"""Tiny dream VLM for tests: two core layers, two scales, 256-token rows.
+
+  python -m dvlm_jax.train --config experiments/tiny.py --workdir runs/tiny
+  python -m dvlm_jax.train --config experiments/tiny.py:causal_images --workdir runs/tiny_causal
+
+The optional argument names one ablation from `dvlm_jax.config.ABLATIONS`.
+"""
+
+from dvlm_jax import config as cfg_lib
+
+
+def get_config(arg=None):
+  c = cfg_lib.apply_size(cfg_lib.defaults(), 'tiny')
+  c.diffusion.width = 64
+  c.diffusion.depth = 2
+  c.diffusion.sample_steps = 8
+  c.image.patch_size = 4
+  c.image.scales = (2, 4)
+  c.data.seq_len = 256
+  c.data.batch_size = 4
+  c.optim.lr = 3e-3
+  c.optim.warmup_steps = 10
+  c.train.steps = 50
+  c.train.log_every = 10
+  if arg:
+    cfg_lib.apply_ablation(c, arg)
+  return c

@@ -83,6 +83,9 @@ def defaults() -> ConfigDict:
   c.data.seq_len = 512
   c.data.batch_size = 8         # global batch (rows)
   c.data.seed = 0
+  c.data.builtin_generation = 0.45   # built-in docs: share with caption before the image
+  c.data.builtin_text = 0.1          # built-in docs: share of text-only documents
+  c.data.builtin_max_shapes = 2
 
   c.loss = ConfigDict()
   c.loss.text_weight = 1.0
@@ -131,6 +134,7 @@ def default_logical_rules() -> tuple[tuple[str, Any], ...]:
       ('patch', None),
       ('layers', None),
       ('diff_width', 'tensor'),
+      ('diff_in', None),
       ('table', None),
   )
 

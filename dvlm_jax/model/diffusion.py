@@ -41,11 +41,11 @@ class AdaLNBlock(nn.Module):
   def __call__(self, h, c):
     kw = dict(dtype=self.dtype)
     shift, scale, gate = jnp.split(
-        Dense(3 * self.width, ('diff_width', 'diff_width'), zero_init=True, use_bias=True,
+        Dense(3 * self.width, ('diff_in', 'diff_width'), zero_init=True, use_bias=True,
               name='modulation', **kw)(nn.silu(c)), 3, axis=-1)
     y = nn.LayerNorm(use_scale=False, use_bias=False, dtype=self.dtype)(h) * (1 + scale) + shift
-    y = Dense(self.width, ('diff_width', 'diff_width'), use_bias=True, name='fc1', **kw)(y)
-    y = Dense(self.width, ('diff_width', 'diff_width'), use_bias=True, name='fc2', **kw)(nn.silu(y))
+    y = Dense(self.width, ('diff_in', 'diff_width'), use_bias=True, name='fc1', **kw)(y)
+    y = Dense(self.width, ('diff_in', 'diff_width'), use_bias=True, name='fc2', **kw)(nn.silu(y))
     return h + gate * y
 
 
@@ -61,14 +61,14 @@ class DiffusionHead(nn.Module):
     kw = dict(dtype=self.dtype, use_bias=True)
     h = Dense(self.width, ('patch', 'diff_width'), name='in', **kw)(x_t)
     t_emb = timestep_embedding(t, self.width)
-    c = Dense(self.width, ('diff_width', 'diff_width'), name='time', **kw)(t_emb)
+    c = Dense(self.width, ('diff_in', 'diff_width'), name='time', **kw)(t_emb)
     c = c + Dense(self.width, ('embed', 'diff_width'), name='cond', **kw)(cond)
     for i in range(self.depth):
       h = AdaLNBlock(self.width, self.dtype, name=f'block_{i}')(h, c)
-    shift, scale = jnp.split(Dense(2 * self.width, ('diff_width', 'diff_width'), zero_init=True,
+    shift, scale = jnp.split(Dense(2 * self.width, ('diff_in', 'diff_width'), zero_init=True,
                                    name='final_modulation', **kw)(nn.silu(c)), 2, axis=-1)
     h = nn.LayerNorm(use_scale=False, use_bias=False, dtype=self.dtype)(h) * (1 + scale) + shift
-    out = Dense(self.patch_dim, ('diff_width', 'patch'), zero_init=True, name='out', **kw)(h)
+    out = Dense(self.patch_dim, ('diff_in', 'patch'), zero_init=True, name='out', **kw)(h)
     return out.astype(jnp.float32)
 
 

@@ -39,7 +39,8 @@ class DreamVLM(nn.Module):
     self.text_embed = self.param('text_embed', emb_init, (c.vocab_size, c.d_model), c.param_dtype)
     self.patch_embed = Dense(c.d_model, ('patch', 'embed'), use_bias=True, dtype=c.dtype,
                              param_dtype=c.param_dtype, std=c.patch_dim ** -0.5)
-    self.mask_embed = self.param('mask_embed', table_init, (1, c.d_model), c.param_dtype)
+    if c.mask_token:
+      self.mask_embed = self.param('mask_embed', table_init, (1, c.d_model), c.param_dtype)
     # Scale 0 and copy 0 are unused rows (text); they keep the tables index-aligned.
     self.scale_embed = self.param('scale_embed', table_init, (c.num_scales + 1, c.d_model),
                                   c.param_dtype)
@@ -69,7 +70,8 @@ class DreamVLM(nn.Module):
     c = self.cfg
     text = jnp.take(self.text_embed, batch['tokens'], axis=0).astype(c.dtype)
     image = self.patch_embed(batch['patches'].astype(c.dtype))
-    image = jnp.where(batch['is_masked'][..., None], self.mask_embed.astype(c.dtype), image)
+    if c.mask_token:
+      image = jnp.where(batch['is_masked'][..., None], self.mask_embed.astype(c.dtype), image)
     image = image + jnp.take(self.scale_embed, batch['scale'], axis=0).astype(c.dtype)
     image = image + jnp.take(self.copy_embed, batch['copy'], axis=0).astype(c.dtype)
     names = ('batch', 'length', 'act_embed')
@@ -98,7 +100,10 @@ class DreamVLM(nn.Module):
     doc_mask = attention.make_mask(seg, seg, attn_end)
     core = self.core(x, positions, doc_mask)
 
-    out, hidden = {}, {'text_in': text_in, 'image_in': image_in, 'core': core}
+    # Stage outputs as used: text-in at text positions, image-in at image positions.
+    hidden = {'text_in': jnp.where(modality == TEXT, 1, 0)[..., None] * text_in,
+              'image_in': is_image * image_in, 'core': core}
+    out = {}
     text_h = self.text_out(core, positions, doc_mask)
     hidden['text_out'] = text_h
     text_h = self.text_norm(text_h)

@@ -37,6 +37,7 @@ class ModelConfig:
   diffusion_head: bool
   patch_dim: int
   num_scales: int
+  mask_token: bool = True       # images may be masked (False for next-patch targets)
   rope_theta: float = 10_000.0
   norm_eps: float = 1e-6
   tie_embeddings: bool = False
@@ -60,6 +61,7 @@ class ModelConfig:
         imun_out_layers=m.imun_out_layers, imgen_out_layers=m.imgen_out_layers,
         imun_head=m.imun_head, diffusion_head=m.diffusion_head,
         patch_dim=i.patch_size ** 2 * 3, num_scales=len(i.scales),
+        mask_token=i.targets == 'masked',
         rope_theta=m.rope_theta, norm_eps=m.norm_eps, tie_embeddings=m.tie_embeddings,
         dtype=jnp.dtype(m.dtype), param_dtype=jnp.dtype(m.param_dtype), remat=m.remat,
         scan_layers=m.scan_layers, attention=m.attention, init_std=m.init_std,

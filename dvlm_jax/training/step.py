@@ -48,8 +48,8 @@ def make_train_step(model, optimizer: optax.GradientTransformation,
     (_, metrics), grads = grad_fn(model, state.params, batch, rng, loss_cfg)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics['grad_norm'] = optax.global_norm(grads)
-    metrics['param_norm'] = optax.global_norm(params)
+    metrics['grad_norm'] = optax.tree.norm(grads)
+    metrics['param_norm'] = optax.tree.norm(params)
     metrics['lr'] = schedule(state.step)
     return TrainState(state.step + 1, params, opt_state), metrics
 

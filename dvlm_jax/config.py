@@ -294,7 +294,7 @@ SIZES = {
     'tiny': dict(d_model=64, n_heads=2, n_kv_heads=2, head_dim=32, mlp_dim=128, core_layers=2),
     'small': dict(d_model=128, n_heads=4, n_kv_heads=4, head_dim=32, mlp_dim=384, core_layers=4),
     'base': dict(d_model=1024, n_heads=16, n_kv_heads=16, head_dim=64, mlp_dim=4096,
-                 core_layers=14),
+                 core_layers=12),
     'b1': dict(d_model=2048, n_heads=16, n_kv_heads=8, head_dim=128, mlp_dim=5632,
                core_layers=15),
 }

@@ -81,16 +81,36 @@ def zeros_init(names: Sequence[str]):
   return nn.with_logical_partitioning(nn.initializers.zeros_init(), tuple(names))
 
 
-def Dense(features: int | Sequence[int], names: Sequence[str], *, axis: int | Sequence[int] = -1,
-          std: float = 0.02, zero_init: bool = False, use_bias: bool = False,
-          dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32,
-          name: str | None = None) -> nn.DenseGeneral:
-  """DenseGeneral whose kernel (and bias) carry logical names: contracted dims, then out dims."""
-  init = zeros_init(names) if zero_init else dense_init(std, names)
-  bias_names = tuple(names[-(len(features) if isinstance(features, Sequence) else 1):])
-  return nn.DenseGeneral(features, axis=axis, use_bias=use_bias, kernel_init=init,
-                         bias_init=zeros_init(bias_names), dtype=dtype,
-                         param_dtype=param_dtype, name=name)
+class Dense(nn.Module):
+  """y = x . kernel (+ bias) over the trailing `axis` dims; the kernel is created at its true
+  shape (contracted dims, then out dims) so its logical `names` line up with its dims.
+  (nn.DenseGeneral initialises a flattened 2-D kernel, which breaks multi-dim names.)"""
+  features: int | Sequence[int]
+  names: Sequence[str]
+  axis: int | Sequence[int] = -1
+  std: float = 0.02
+  zero_init: bool = False
+  use_bias: bool = False
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    features = (self.features,) if isinstance(self.features, int) else tuple(self.features)
+    axis = (self.axis,) if isinstance(self.axis, int) else tuple(self.axis)
+    axis = tuple(sorted(a % x.ndim for a in axis))
+    if len(self.names) != len(axis) + len(features):
+      raise ValueError(f'{self.name}: {len(self.names)} kernel names for '
+                       f'{len(axis)} contracted + {len(features)} output dims')
+    shape = tuple(x.shape[a] for a in axis) + features
+    init = zeros_init(self.names) if self.zero_init else dense_init(self.std, self.names)
+    kernel = self.param('kernel', init, shape, self.param_dtype)
+    y = jax.lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype),
+                            ((axis, tuple(range(len(axis)))), ((), ())))
+    if self.use_bias:
+      bias = self.param('bias', zeros_init(self.names[len(axis):]), features, self.param_dtype)
+      y = y + bias.astype(self.dtype)
+    return y
 
 
 class RMSNorm(nn.Module):

@@ -31,7 +31,7 @@ def init_state(model, optimizer, example_batch, rng, mesh, axis_rules):
     params = model.init(rng, example_batch)['params']
     return TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params))
 
-  with mesh, nn.logical_axis_rules(axis_rules):
+  with jax.set_mesh(mesh), nn.logical_axis_rules(axis_rules):
     abstract = jax.eval_shape(boxed_init, rng)
     shardings = sharding.logical_shardings(abstract, mesh, axis_rules)
     state = jax.jit(lambda r: nn.unbox(boxed_init(r)), out_shardings=shardings)(rng)
@@ -64,6 +64,6 @@ def jit_train_step(train_step, state_shardings, mesh, axis_rules):
                    out_shardings=(state_shardings, replicated), donate_argnums=(0,))
 
   def run(state, batch, rng):
-    with mesh, nn.logical_axis_rules(axis_rules):
+    with jax.set_mesh(mesh), nn.logical_axis_rules(axis_rules):
       return jitted(state, batch, rng)
   return run

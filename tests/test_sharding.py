@@ -1,0 +1,29 @@
+"""The same config on 1 device and on 8 fake CPU devices (fsdp x tensor) trains identically."""
+
+import json
+import os
+import subprocess
+import sys
+
+from tests.conftest import ROOT
+
+TINY = os.path.join(ROOT, 'experiments', 'tiny.py')
+
+
+def run(workdir, devices, *overrides):
+  env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
+             JAX_PLATFORMS='cpu')
+  subprocess.run([sys.executable, '-m', 'dvlm_jax.train', '--config', TINY, '--workdir', workdir,
+                  '--config.train.steps=6', '--config.train.log_every=2', *overrides],
+                 check=True, env=env, cwd=ROOT, capture_output=True, timeout=600)
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    return [json.loads(line) for line in f]
+
+
+def test_fsdp_tensor_mesh_matches_one_device(tmp_path):
+  one = run(str(tmp_path / 'one'), 1)
+  eight = run(str(tmp_path / 'eight'), 8, '--config.mesh.fsdp=4', '--config.mesh.tensor=2')
+  assert len(one) == len(eight) == 3
+  for a, b in zip(one, eight):
+    for key in ('loss', 'text', 'imun', 'imgen', 'grad_norm'):
+      assert abs(a[key] - b[key]) <= 1e-4 * max(1.0, abs(a[key])), (a['step'], key, a[key], b[key])

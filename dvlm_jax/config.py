@@ -79,13 +79,15 @@ def defaults() -> ConfigDict:
   i.caption_dropout = 0.1       # drop the text of an image document (for CFG)
 
   c.data = ConfigDict()
-  c.data.source = 'builtin'     # built-in procedural documents
+  # ---- data (owned by the data pipeline: dvlm_jax/data/)
+  c.data.source = 'builtin'     # builtin (procedural, no files) | tfds (built ArrayRecord sets)
   c.data.seq_len = 512
   c.data.batch_size = 8         # global batch (rows)
   c.data.seed = 0
   c.data.builtin_generation = 0.45   # built-in docs: share with caption before the image
   c.data.builtin_text = 0.1          # built-in docs: share of text-only documents
   c.data.builtin_max_shapes = 2
+  # ---- end data
 
   c.loss = ConfigDict()
   c.loss.text_weight = 1.0

@@ -1,0 +1,113 @@
+"""FLOPs of a training step, counted from the batch itself (see docs/flops.md).
+
+Each token is counted only through the blocks it really uses, and attention only over
+the (query, key) pairs the mask lets through:
+
+  stage      queries (q, o, MLP)                 keys (k, v)            attention pairs
+  text-in    text tokens                         text tokens            text scope, causal
+  image-in   image tokens                        image tokens           own image under attn_end
+  core       every non-pad token                 every non-pad token    document under attn_end
+  text-out   text-loss positions                 every non-pad token    those queries' rows
+  imun-out   image-loss positions                every non-pad token    those queries' rows
+  imgen-out  image-loss positions                every non-pad token    those queries' rows
+
+plus the embeddings' patch projection, the heads (LM head on text-loss positions, patch
+head and diffusion head on image-loss positions, the latter `noise_samples` times) and a
+factor 3 for training (forward + backward = 3 x forward matmul FLOPs). A matmul of
+[n, a] x [a, b] is 2nab FLOPs. Norms, softmax, rotary and the optimizer are not counted
+(as in MaxText / PaLM MFU accounting).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+TEXT, IMAGE = 1, 2
+TRAIN_FACTOR = 3
+
+# Dense bf16 peak FLOP/s per device (vendor figures, no sparsity).
+PEAK_BF16_FLOPS = {
+    'H100': 989e12, 'H200': 989e12, 'GH200': 989e12, 'B200': 2250e12, 'A100': 312e12,
+    'L4': 121e12, 'TPU v4': 275e12, 'TPU v5 lite': 197e12, 'TPU v5e': 197e12,
+    'TPU v5p': 459e12, 'TPU v5': 459e12, 'TPU v6 lite': 918e12, 'TPU v6e': 918e12,
+}
+
+
+def peak_flops_per_device(device=None) -> float | None:
+  """Peak bf16 FLOP/s of `device` (default: the first), None when unknown (e.g. CPU)."""
+  import jax
+  device = device or jax.devices()[0]
+  kind = getattr(device, 'device_kind', '')
+  for name in sorted(PEAK_BF16_FLOPS, key=len, reverse=True):
+    if name.lower() in kind.lower():
+      return PEAK_BF16_FLOPS[name]
+  return None
+
+
+def visible_pairs(scope: np.ndarray, attn_end: np.ndarray) -> np.ndarray:
+  """[B, L] number of keys each query sees: same non-zero scope and k <= attn_end[q]."""
+  pairs = np.zeros(scope.shape, np.int64)
+  for b in range(scope.shape[0]):
+    row, end = scope[b], attn_end[b]
+    for s in np.unique(row[row > 0]):
+      members = row == s
+      seen = np.cumsum(members)                       # keys of scope s at index <= i
+      pairs[b, members] = seen[end[members]]
+  return pairs
+
+
+def _block_flops(cfg, n_queries: float, n_keys: float, pairs: float) -> float:
+  """Forward FLOPs of one transformer block for the given query/key/pair counts."""
+  d, h, kvh, hd, mlp = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.mlp_dim
+  q_and_o = 2 * n_queries * d * h * hd * 2
+  k_and_v = 2 * n_keys * d * kvh * hd * 2
+  attention = 2 * pairs * h * hd * 2                  # q.k and p.v
+  swiglu = 2 * n_queries * d * mlp * 3
+  return q_and_o + k_and_v + attention + swiglu
+
+
+def diffusion_head_flops(config) -> float:
+  """Forward FLOPs of the diffusion head for one position and one noise sample."""
+  w, depth, p, d = (config.diffusion.width, config.diffusion.depth,
+                    config.image.patch_size ** 2 * 3, config.model.d_model)
+  per_block = 2 * w * 3 * w + 2 * 2 * w * w           # adaLN modulation + two-layer MLP
+  return 2 * p * w + 2 * w * w + 2 * d * w + depth * per_block + 2 * w * 2 * w + 2 * w * p
+
+
+def train_step_flops(config, batch) -> float:
+  """Training FLOPs (forward + backward) of one step on `batch` (numpy, contract fields)."""
+  m = config.model
+  modality, seg, attn_end = batch['modality'], batch['segment_ids'], batch['attn_end']
+  is_text, is_image = modality == TEXT, modality == IMAGE
+  text_loss = batch['text_weights'] > 0
+  image_loss = batch['image_weights'] > 0
+  doc_pairs = visible_pairs(seg, attn_end)
+  own = np.broadcast_to(np.arange(seg.shape[1]), seg.shape)
+
+  def block_stack(layers, queries, keys, pairs):
+    if layers == 0:
+      return 0.0
+    return layers * _block_flops(m, float(np.count_nonzero(queries)), float(np.count_nonzero(keys)),
+                                 float(np.sum(pairs[queries])))
+
+  f = 0.0
+  text_scope = np.where(is_text, seg, 0)
+  f += block_stack(m.text_in_layers, is_text, is_text, visible_pairs(text_scope, own))
+  f += block_stack(m.image_in_layers, is_image, is_image, visible_pairs(batch['image_id'], attn_end))
+  f += block_stack(m.core_layers, seg > 0, seg > 0, doc_pairs)
+  f += block_stack(m.text_out_layers, text_loss, seg > 0, doc_pairs)
+  if m.imun_head:
+    f += block_stack(m.imun_out_layers, image_loss, seg > 0, doc_pairs)
+  if m.diffusion_head:
+    f += block_stack(m.imgen_out_layers, image_loss, seg > 0, doc_pairs)
+
+  patch_dim = config.image.patch_size ** 2 * 3
+  n_text, n_image = float(np.count_nonzero(text_loss)), float(np.count_nonzero(image_loss))
+  f += 2 * np.count_nonzero(is_image) * patch_dim * m.d_model           # patch embedding
+  f += 2 * n_text * m.d_model * m.vocab_size                             # LM head
+  if m.imun_head:
+    f += 2 * n_image * m.d_model * patch_dim
+  if m.diffusion_head:
+    f += n_image * config.diffusion.noise_samples * diffusion_head_flops(config)
+  return TRAIN_FACTOR * f
+

@@ -87,6 +87,18 @@ def defaults() -> ConfigDict:
   c.data.builtin_generation = 0.45   # built-in docs: share with caption before the image
   c.data.builtin_text = 0.1          # built-in docs: share of text-only documents
   c.data.builtin_max_shapes = 2
+  # Grain pipeline over built TFDS data sets (source 'tfds'; dvlm_jax/data/pipeline.py).
+  c.data.data_dir = 'data'      # where `python -m dvlm_jax.data.build NAME --data_dir DIR` wrote
+  c.data.split = 'train'
+  # (tfds name, weight) pairs; on the command line e.g. --config.data.mixture="'shapes:1','twemoji:2'"
+  c.data.mixture = (('shapes', 1.0), ('twemoji', 1.0))
+  c.data.shuffle = True         # seeded (data.seed) shuffle of every source, new order per epoch
+  c.data.worker_count = 0       # decode/layout processes; 0 = in the training process
+  c.data.generation_share = 0.5 # caption pairs laid out caption-first ('draw: ...', image)
+  c.data.pack_lookahead = 8     # documents that may wait for the next batch while packing
+  c.data.tokenizer = 'byte'     # byte | path of a SentencePiece .model (sentencepiece_tokenizer.py)
+  c.data.max_bad_fraction = 0.01      # skipped records above this share stop the run
+  c.data.max_image_pixels = 64_000_000  # larger declared sizes are skipped (decompression bombs)
   # ---- end data
 
   c.loss = ConfigDict()
@@ -104,6 +116,7 @@ def defaults() -> ConfigDict:
   o.eps = 1e-8
   o.weight_decay = 0.1
   o.clip_norm = 1.0
+  o.ema_decay = 0.0             # > 0 keeps an EMA of the parameters (used by evaluation)
 
   c.mesh = ConfigDict()
   c.mesh.data = 1
@@ -116,6 +129,25 @@ def defaults() -> ConfigDict:
   t.steps = 1000
   t.log_every = 10
   t.seed = 0
+  t.grad_accum_steps = 1        # micro-batches per step (the batch is split along rows)
+  t.max_bad_steps = 10          # non-finite loss/grad steps in a row before the run stops
+  t.profile_steps = ()          # (first, last): jax.profiler trace of those steps
+  t.tensorboard = True
+
+  c.checkpoint = k = ConfigDict()
+  k.every = 500                 # save every N steps (and at the end, and on SIGTERM)
+  k.keep = 3                    # keep the last K
+  k.keep_period = 0             # also keep every M-th step forever (0 = off)
+  k.async_save = True
+
+  c.distributed = ConfigDict()  # multi-host; empty = auto-detect (SLURM, TPU pod) or single
+  c.distributed.coordinator = ''
+  c.distributed.num_processes = 0
+  c.distributed.process_id = -1
+
+  c.debug = ConfigDict()        # fault injection, used by tests
+  c.debug.nan_at_steps = ()     # make the loss NaN at these steps
+  c.debug.crash_at_step = 0     # hard-exit the process after this step (simulates a kill)
   return c
 
 
@@ -276,6 +308,13 @@ def validate(c: ConfigDict) -> None:
          f'cosine | constant | rsqrt, got {c.optim.schedule!r}')
   _check(c.optim.warmup_steps >= 0, 'optim.warmup_steps', 'must be >= 0')
   _check(c.train.steps >= 1, 'train.steps', 'must be >= 1')
+  _check(c.train.grad_accum_steps >= 1 and c.data.batch_size % c.train.grad_accum_steps == 0,
+         'train.grad_accum_steps', f'must divide data.batch_size={c.data.batch_size}')
+  _check(c.train.max_bad_steps >= 1, 'train.max_bad_steps', 'must be >= 1')
+  _check(len(c.train.profile_steps) in (0, 2), 'train.profile_steps', 'empty or (first, last)')
+  _check(0.0 <= c.optim.ema_decay < 1.0, 'optim.ema_decay', 'must lie in [0, 1)')
+  _check(c.checkpoint.every >= 1, 'checkpoint.every', 'must be >= 1')
+  _check(c.checkpoint.keep >= 1, 'checkpoint.keep', 'must be >= 1')
 
 
 def image_token_count(c: ConfigDict) -> int:
@@ -336,6 +375,13 @@ def apply_ablation(c: ConfigDict, name: str) -> ConfigDict:
       value = (c.image.scales[-1],)
     c[section][leaf] = value
   return c
+
+
+def product(**axes) -> list[dict[str, Any]]:
+  """Sweep points: the cartesian product of `key=[values]` (use '__' for '.' in keys)."""
+  import itertools
+  keys = [k.replace('__', '.') for k in axes]
+  return [dict(zip(keys, values)) for values in itertools.product(*axes.values())]
 
 
 def janus_like(c: ConfigDict) -> ConfigDict:

@@ -56,3 +56,16 @@ def batch_sharding(mesh: Mesh, axis_rules) -> NamedSharding:
   """Every batch field is split over its leading (batch) dimension."""
   spec = nn.logical_to_mesh_axes(('batch',), axis_rules)
   return NamedSharding(mesh, P(*spec))
+
+
+def global_batch_fn(mesh: Mesh, axis_rules):
+  """local numpy batch -> global jax.Arrays split over the batch axis.
+
+  Each process passes its own rows (data.batch_size / process_count of them); the global
+  batch is assembled from process-local data, never gathered on one host.
+  """
+  data = batch_sharding(mesh, axis_rules)
+
+  def to_global(local: dict) -> dict:
+    return {k: jax.make_array_from_process_local_data(data, np.asarray(v)) for k, v in local.items()}
+  return to_global

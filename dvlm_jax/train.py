@@ -2,13 +2,14 @@
 
   python -m dvlm_jax.train --config experiments/tiny.py[:arg] --workdir DIR [--config.a.b=v ...]
 
-Reads top to bottom: config, mesh, model, data, state, loop. The resolved config is
-written to DIR/config.json before anything is compiled; metrics go to DIR/metrics.jsonl.
+Reads top to bottom: processes, config, mesh, model, data, state (restored when DIR has a
+checkpoint), loop. Re-running the same command in the same DIR resumes where it stopped.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import time
@@ -17,82 +18,136 @@ import jax
 import numpy as np
 
 from dvlm_jax import config as cfg_lib
-from dvlm_jax import sharding
-from dvlm_jax.data import builtin
+from dvlm_jax import distributed, sharding
+from dvlm_jax.data import layout, pipeline
 from dvlm_jax.model.dvlm import DreamVLM
 from dvlm_jax.model.layers import ModelConfig
-from dvlm_jax.training import losses, metrics as metrics_lib, optimizer as optim_lib
+from dvlm_jax.training import checkpoints, flops, losses, metrics as metrics_lib
+from dvlm_jax.training import optimizer as optim_lib
 from dvlm_jax.training import step as step_lib
+
+
+class NonFiniteError(RuntimeError):
+  """Too many steps in a row with a non-finite loss or gradient."""
 
 
 def parse_args(argv):
   """--config PATH[:ARG], --workdir DIR, and any number of --config.KEY=VALUE overrides."""
-  overrides, rest = [], []
-  for arg in argv:
-    if arg.startswith('--config.'):
-      overrides.append(arg[len('--config.'):])
-    else:
-      rest.append(arg)
+  overrides = [a[len('--config.'):] for a in argv if a.startswith('--config.')]
+  rest = [a for a in argv if not a.startswith('--config.')]
   parser = argparse.ArgumentParser(prog='python -m dvlm_jax.train', description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--config', required=True, help='experiments/NAME.py[:arg]')
-  parser.add_argument('--workdir', required=True, help='run directory (created)')
-  args = parser.parse_args(rest)
-  # `--config.a.b v` (space-separated) is accepted as well as `--config.a.b=v`.
-  joined = []
-  for item in overrides:
-    joined.append(item)
-  return args, joined
+  parser.add_argument('--workdir', required=True, help='run directory (created; resumed)')
+  return parser.parse_args(rest), overrides
+
+
+def write_run_info(workdir: str, config, mesh) -> None:
+  with open(os.path.join(workdir, 'config.json'), 'w') as f:
+    f.write(cfg_lib.to_json(config))
+  with open(os.path.join(workdir, 'mesh.json'), 'w') as f:
+    f.write(cfg_lib.json.dumps({
+        'axes': dict(mesh.shape), 'processes': jax.process_count(),
+        'devices': [str(d) for d in mesh.devices.flat]}, indent=2))
 
 
 def train(config, workdir: str) -> dict[str, float]:
-  """Trains `config.train.steps` steps; returns the last logged metrics."""
+  """Trains to `config.train.steps`, resuming from DIR's checkpoints; returns the last metrics."""
+  main_process = jax.process_index() == 0
   os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, 'config.json'), 'w') as f:
-    f.write(cfg_lib.to_json(config))
-
   mesh = sharding.make_mesh(config)
   axis_rules = sharding.rules(config)
+  if main_process:
+    write_run_info(workdir, config, mesh)
+
   model = DreamVLM(ModelConfig.from_config(config))
-  data = builtin.batches(config)
-  first_batch = next(data)
+  data = pipeline.batches_for(config)                   # this process's rows, checkpointable
+  batch_spec = layout.batch_spec(layout.LayoutConfig.from_config(config), config.data.batch_size)
+  batch_spec = {k: jax.ShapeDtypeStruct(shape, dtype) for k, (shape, dtype) in batch_spec.items()}
 
   optimizer = optim_lib.make_optimizer(config)
   schedule = optim_lib.learning_rate_schedule(config)
-  rng = jax.random.key(config.train.seed)
-  init_rng, step_rng = jax.random.split(rng)
-  state, state_shardings = step_lib.init_state(model, optimizer, first_batch, init_rng, mesh,
-                                               axis_rules)
+  init_rng, step_rng = jax.random.split(jax.random.key(config.train.seed))
+  ema = config.optim.ema_decay > 0
+  ckpt = checkpoints.Checkpointer(workdir, config)
+  abstract, state_shardings = step_lib.abstract_state(model, optimizer, batch_spec, init_rng,
+                                                      mesh, axis_rules, ema=ema)
+  state, start = ckpt.restore_latest(abstract, data)
+  if state is None:
+    state, _ = step_lib.init_state(model, optimizer, batch_spec, init_rng, mesh, axis_rules, ema=ema)
   n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
-  print(f'model: {n_params / 1e6:.2f}M parameters; mesh {dict(mesh.shape)}; '
-        f'{config.data.batch_size} x {config.data.seq_len} tokens per step', flush=True)
+  if main_process:
+    print(f'{"resumed at step " + str(start) if start else "new run"}: {n_params / 1e6:.2f}M '
+          f'parameters; mesh {dict(mesh.shape)} over {jax.process_count()} process(es); '
+          f'{config.data.batch_size} x {config.data.seq_len} tokens per step', flush=True)
 
   train_step = step_lib.jit_train_step(
-      step_lib.make_train_step(model, optimizer, losses.LossConfig.from_config(config), schedule),
+      step_lib.make_train_step(model, optimizer, losses.LossConfig.from_config(config), schedule,
+                               accum_steps=config.train.grad_accum_steps,
+                               ema_decay=config.optim.ema_decay,
+                               nan_at_steps=tuple(config.debug.nan_at_steps)),
       state_shardings, mesh, axis_rules)
-  logger = metrics_lib.MetricsLogger(workdir, config.train.steps)
-  start, last = time.perf_counter(), {}
-  batch = first_batch
-  for step in range(1, config.train.steps + 1):
-    state, metrics = train_step(state, batch, step_rng)
-    logger.count_tokens(np.count_nonzero(batch['segment_ids']))
+  to_global = sharding.global_batch_fn(mesh, axis_rules)
+  logger = metrics_lib.MetricsLogger(workdir, config, first_step=start)
+  preemption = distributed.Preemption()
+  profile = tuple(config.train.profile_steps)
+  last, step_flops = {}, 0.0
+
+  for step in range(start + 1, config.train.steps + 1):
+    if profile and step == profile[0]:
+      jax.profiler.start_trace(os.path.join(workdir, 'profile'))
+    local = next(data)
+    state, metrics = train_step(state, to_global(local), step_rng)
+    if step == start + 1 or step % config.train.log_every == 1:  # FLOPs of a sample batch
+      step_flops = flops.train_step_flops(config, local) * jax.process_count()
+    logger.count(np.count_nonzero(local['segment_ids']) * jax.process_count(), step_flops)
+    if profile and step == profile[1]:
+      jax.block_until_ready(state)
+      jax.profiler.stop_trace()
+
     if step % config.train.log_every == 0 or step == config.train.steps:
       last = logger.log(step, jax.device_get(metrics))
-    if step < config.train.steps:
-      batch = next(data)
+      if last['bad_in_a_row'] >= config.train.max_bad_steps:
+        ckpt.wait()
+        raise NonFiniteError(
+            f'{int(last["bad_in_a_row"])} steps in a row had a non-finite loss or gradient '
+            f'(train.max_bad_steps={config.train.max_bad_steps}); stopping. Those updates were '
+            f'skipped, so the last checkpoint ({ckpt.manager.latest_step()}) is intact.')
+    if step % config.checkpoint.every == 0 or step == config.train.steps:
+      ckpt.save(step, state, data)
+    if preemption.reached(step):
+      ckpt.save(step, state, data, force=True)
+      ckpt.wait()
+      if main_process:
+        print(f'preempted: saved step {step}; re-run the same command to resume', flush=True)
+      break
+    if step == config.debug.crash_at_step:   # fault injection: die like a killed process
+      ckpt.wait()                             # (after the last save landed: a deterministic test)
+      os._exit(17)
+
+  ckpt.wait()
+  ckpt.close()
   logger.close()
-  print(f'done: {config.train.steps} steps in {time.perf_counter() - start:.1f}s', flush=True)
   return last
 
 
 def main(argv=None) -> int:
+  logging.basicConfig(level=logging.WARNING, format='%(levelname)s %(name)s: %(message)s')
   args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
   try:
     config = cfg_lib.load(args.config, overrides)
   except cfg_lib.ConfigError as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
-  train(config, args.workdir)
+  distributed.initialize(config)
+  start = time.perf_counter()
+  try:
+    train(config, args.workdir)
+  except NonFiniteError as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 3
+  if jax.process_index() == 0:
+    print(f'done in {time.perf_counter() - start:.1f}s', flush=True)
   return 0
 
 

@@ -24,3 +24,12 @@ def get_config(arg=None):
   if arg:
     cfg_lib.apply_ablation(c, arg)
   return c
+
+
+def get_sweep(arg=None):
+  """The ablation study: the dream config, then each seed claim switched off alone.
+
+    python launch/sweep.py --config experiments/small.py --workdir runs/ablations --run
+  """
+  del arg
+  return [{}] + [{'arg': name} for name in sorted(cfg_lib.ABLATIONS)]

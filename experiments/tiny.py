@@ -25,3 +25,12 @@ def get_config(arg=None):
   if arg:
     cfg_lib.apply_ablation(c, arg)
   return c
+
+
+def get_sweep(arg=None):
+  """A small grid, used by the tests of launch/sweep.py.
+
+    python launch/sweep.py --config experiments/tiny.py --workdir runs/tiny_sweep
+  """
+  del arg
+  return cfg_lib.product(optim__lr=[1e-3, 3e-3], model__core_layers=[1, 2])

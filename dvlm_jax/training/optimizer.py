@@ -9,7 +9,8 @@ import optax
 
 def learning_rate_schedule(config) -> optax.Schedule:
   o, steps = config.optim, config.train.steps
-  warmup = optax.linear_schedule(0.0, o.lr, max(o.warmup_steps, 1))
+  # Starts at lr / warmup_steps, not 0: the first step is not wasted.
+  warmup = optax.linear_schedule(o.lr / max(o.warmup_steps, 1), o.lr, max(o.warmup_steps, 1))
   decay_steps = max(steps - o.warmup_steps, 1)
   if o.schedule == 'cosine':
     decay = optax.cosine_decay_schedule(o.lr, decay_steps, alpha=o.min_lr_ratio)

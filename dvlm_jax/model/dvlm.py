@@ -77,34 +77,60 @@ class DreamVLM(nn.Module):
     names = ('batch', 'length', 'act_embed')
     return constrain(text, names), constrain(image, names)
 
-  def __call__(self, batch, *, return_hidden: bool = False):
-    """Runs the whole model on a batch in the contract.
+  def __call__(self, batch, *, return_hidden: bool = False, chunk=None):
+    """Runs the model on a batch in the contract.
 
     Returns a dict with `text_logits` [B, L, V] (float32), `patch_pred` [B, L, P] (if
     imun_head), `imgen_cond` [B, L, D] (the diffusion condition, if diffusion_head) and,
-    with `return_hidden`, `hidden`: the output of every stage at every position.
+    with `return_hidden`, `hidden`: each stage's output where it is used.
+
+    `chunk=(start, n)` decodes with a KV cache (collection 'cache', apply with
+    mutable=['cache']): `batch` holds the whole sequence (length L), only positions
+    [start, start + n) are computed (outputs have length n) and they see the cached keys
+    of earlier positions. `start` may be traced, `n` is static. Positions after the chunk
+    are ignored, so the caller may leave them as padding.
     """
     c = self.cfg
-    modality, seg, attn_end = batch['modality'], batch['segment_ids'], batch['attn_end']
-    positions = batch['positions']
-    is_image = (modality == IMAGE)[..., None]
-    text_x, image_x = self.embed(batch)
+    length = batch['segment_ids'].shape[1]
+    k_index = jnp.arange(length, dtype=jnp.int32)[None, :]
+    if chunk is None:
+      cache_start, queries, key_valid = None, batch, None
+    else:
+      cache_start, n = chunk
+      queries = jax.tree.map(lambda x: jax.lax.dynamic_slice_in_dim(x, cache_start, n, axis=1),
+                             batch)
+      key_valid = k_index < cache_start + n           # keys written so far, incl. this chunk
+    q_index = jnp.broadcast_to(jnp.arange(queries['segment_ids'].shape[1], dtype=jnp.int32)
+                               + (0 if cache_start is None else cache_start),
+                               queries['segment_ids'].shape)
 
-    own = jnp.broadcast_to(jnp.arange(modality.shape[1], dtype=jnp.int32), modality.shape)
-    text_scope = jnp.where(modality == TEXT, seg, 0)
-    text_in = self.text_in(text_x, positions, attention.make_mask(text_scope, text_scope, own))
-    image_in = self.image_in(
-        image_x, positions, attention.make_mask(batch['image_id'], batch['image_id'], attn_end))
+    def mask(scope, q_end):
+      """The VLM rule for queries of this call against every key of the sequence."""
+      k_scope = scope if key_valid is None else jnp.where(key_valid, scope, 0)
+      q_scope = scope if chunk is None else jax.lax.dynamic_slice_in_dim(scope, cache_start,
+                                                                         q_end.shape[1], axis=1)
+      if chunk is None:  # full rows: kernels take the scope ids (attention.stage_mask)
+        return attention.stage_mask(q_scope, k_scope, q_end, c.attention)
+      return attention.make_mask(q_scope, k_scope, q_end)
+
+    modality, positions = queries['modality'], queries['positions']
+    is_image = (modality == IMAGE)[..., None]
+    text_x, image_x = self.embed(queries)
+
+    text_scope = jnp.where(batch['modality'] == TEXT, batch['segment_ids'], 0)
+    text_in = self.text_in(text_x, positions, mask(text_scope, q_index), cache_start)
+    image_in = self.image_in(image_x, positions, mask(batch['image_id'], queries['attn_end']),
+                             cache_start)
     x = jnp.where(is_image, image_in, text_in)
 
-    doc_mask = attention.make_mask(seg, seg, attn_end)
-    core = self.core(x, positions, doc_mask)
+    doc_mask = mask(batch['segment_ids'], queries['attn_end'])
+    core = self.core(x, positions, doc_mask, cache_start)
 
     # Stage outputs as used: text-in at text positions, image-in at image positions.
     hidden = {'text_in': jnp.where(modality == TEXT, 1, 0)[..., None] * text_in,
               'image_in': is_image * image_in, 'core': core}
     out = {}
-    text_h = self.text_out(core, positions, doc_mask)
+    text_h = self.text_out(core, positions, doc_mask, cache_start)
     hidden['text_out'] = text_h
     text_h = self.text_norm(text_h)
     if c.tie_embeddings:
@@ -113,15 +139,15 @@ class DreamVLM(nn.Module):
       logits = self.lm_head(text_h)
     out['text_logits'] = constrain(logits.astype(jnp.float32), ('batch', 'length', 'vocab'))
     if c.imun_head:
-      imun_h = self.imun_out(core, positions, doc_mask)
+      imun_h = self.imun_out(core, positions, doc_mask, cache_start)
       hidden['imun_out'] = imun_h
       out['patch_pred'] = self.patch_head(self.imun_norm(imun_h)).astype(jnp.float32)
     if c.diffusion_head:
-      imgen_h = self.imgen_out(core, positions, doc_mask)
+      imgen_h = self.imgen_out(core, positions, doc_mask, cache_start)
       hidden['imgen_out'] = imgen_h
       out['imgen_cond'] = self.imgen_norm(imgen_h)
       if self.is_initializing():  # create the denoiser's parameters
-        self.denoise(batch['image_targets'], jnp.zeros(modality.shape), out['imgen_cond'])
+        self.denoise(queries['image_targets'], jnp.zeros(modality.shape), out['imgen_cond'])
     if return_hidden:
       out['hidden'] = hidden
     return out

@@ -155,10 +155,17 @@ def apply_rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
 # ------------------------------------------------------------------------------ blocks
 
 class Attention(nn.Module):
+  """Self-attention under a given mask; with `cache_start`, a chunk against a KV cache.
+
+  Decoding: `x` holds the queries of positions [cache_start, cache_start + n); their keys
+  and values are written into this layer's cache (collection 'cache', full sequence
+  length = mask.shape[-1]) and the queries attend over the whole cache. The mask hides
+  positions not written yet, so a chunk is anything from one text token to a whole image.
+  """
   cfg: ModelConfig
 
   @nn.compact
-  def __call__(self, x, positions, mask):
+  def __call__(self, x, positions, mask, cache_start=None):
     from dvlm_jax.model import attention as attn_lib
     c = self.cfg
     kw = dict(dtype=c.dtype, param_dtype=c.param_dtype, std=c.init_std)
@@ -167,6 +174,14 @@ class Attention(nn.Module):
     v = Dense((c.n_kv_heads, c.head_dim), ('embed', 'kv_heads', 'head_dim'), name='v', **kw)(x)
     q = constrain(apply_rope(q, positions, c.rope_theta), ('batch', 'length', 'act_heads', None))
     k = apply_rope(k, positions, c.rope_theta)
+    if cache_start is not None:
+      shape = (x.shape[0], mask.shape[-1], c.n_kv_heads, c.head_dim)
+      cached_k = self.variable('cache', 'cached_key', jnp.zeros, shape, k.dtype)
+      cached_v = self.variable('cache', 'cached_value', jnp.zeros, shape, v.dtype)
+      at = (0, cache_start, 0, 0)
+      cached_k.value = jax.lax.dynamic_update_slice(cached_k.value, k, at)
+      cached_v.value = jax.lax.dynamic_update_slice(cached_v.value, v, at)
+      k, v = cached_k.value, cached_v.value
     out = attn_lib.attend(q, k, v, mask, implementation=c.attention)
     out = constrain(out, ('batch', 'length', 'act_heads', None))
     return Dense(c.d_model, ('heads', 'head_dim', 'embed'), axis=(-2, -1), name='o', **kw)(out)
@@ -191,10 +206,11 @@ class Block(nn.Module):
   cfg: ModelConfig
 
   @nn.compact
-  def __call__(self, x, positions, mask):
+  def __call__(self, x, positions, mask, cache_start=None):
     c = self.cfg
     norm = dict(eps=c.norm_eps, dtype=c.dtype, param_dtype=c.param_dtype)
-    x = x + Attention(c, name='attn')(RMSNorm(name='attn_norm', **norm)(x), positions, mask)
+    x = x + Attention(c, name='attn')(RMSNorm(name='attn_norm', **norm)(x), positions, mask,
+                                      cache_start)
     x = x + MLP(c, name='mlp')(RMSNorm(name='mlp_norm', **norm)(x))
     return constrain(x, ('batch', 'length', 'act_embed'))
 
@@ -202,8 +218,8 @@ class Block(nn.Module):
 class ScannedBlock(Block):
   """Block with the (carry, out) signature nn.scan needs."""
 
-  def __call__(self, x, positions, mask):  # pytype: disable=signature-mismatch
-    return super().__call__(x, positions, mask), None
+  def __call__(self, x, positions, mask, cache_start=None):  # pytype: disable=signature-mismatch
+    return super().__call__(x, positions, mask, cache_start), None
 
 
 _REMAT_POLICIES = {
@@ -218,7 +234,7 @@ class Stack(nn.Module):
   num_layers: int
 
   @nn.compact
-  def __call__(self, x, positions, mask):
+  def __call__(self, x, positions, mask, cache_start=None):
     c = self.cfg
     if self.num_layers == 0:
       return x
@@ -226,11 +242,12 @@ class Stack(nn.Module):
     if c.remat != 'none':
       block = nn.remat(block, policy=_REMAT_POLICIES[c.remat], prevent_cse=not c.scan_layers)
     if c.scan_layers:
-      scanned = nn.scan(block, variable_axes={'params': 0}, split_rngs={'params': True},
-                        in_axes=(nn.broadcast, nn.broadcast), length=self.num_layers,
-                        metadata_params={nn.PARTITION_NAME: 'layers'})
-      x, _ = scanned(c, name='layers')(x, positions, mask)
+      scanned = nn.scan(block, variable_axes={'params': 0, 'cache': 0},
+                        split_rngs={'params': True},
+                        in_axes=(nn.broadcast, nn.broadcast, nn.broadcast),
+                        length=self.num_layers, metadata_params={nn.PARTITION_NAME: 'layers'})
+      x, _ = scanned(c, name='layers')(x, positions, mask, cache_start)
       return x
     for i in range(self.num_layers):
-      x = block(c, name=f'layer_{i}')(x, positions, mask)
+      x = block(c, name=f'layer_{i}')(x, positions, mask, cache_start)
     return x

@@ -151,16 +151,39 @@ def render(scene: Scene, size_px: int) -> np.ndarray:
   image = Image.new('RGB', (size_px, size_px), BACKGROUND)
   draw = ImageDraw.Draw(image)
   for shape in scene.shapes:
-    box = shape_box(shape, size_px)
-    fill = COLOURS[shape.colour]
-    if shape.kind == 'circle':
-      draw.ellipse(box, fill=fill)
-    elif shape.kind == 'square':
-      draw.rectangle(box, fill=fill)
-    else:  # triangle, apex up
-      left, top, right, bottom = box
-      draw.polygon([((left + right) / 2, top), (right, bottom), (left, bottom)], fill=fill)
+    draw_shape(draw, shape.kind, shape_box(shape, size_px), COLOURS[shape.colour])
   return np.asarray(image, dtype=np.uint8)
+
+
+def draw_shape(draw: ImageDraw.ImageDraw, kind: str, box: tuple[int, int, int, int],
+               fill: tuple[int, int, int]) -> None:
+  """Draws one flat shape filling the inclusive pixel `box`; shared with glyphs.py."""
+  if kind == 'circle':
+    draw.ellipse(box, fill=fill)
+  elif kind == 'square':
+    draw.rectangle(box, fill=fill)
+  elif kind == 'triangle':  # apex up
+    left, top, right, bottom = box
+    draw.polygon([((left + right) / 2, top), (right, bottom), (left, bottom)], fill=fill)
+  else:
+    raise ValueError(f'shape kind {kind!r} is not one of {KINDS}')
+
+
+# ------------------------------------------------------------------------ as labels
+
+def scene_to_dict(scene: Scene) -> dict:
+  """JSON-ready form of a scene (the `labels` of the shapes data set)."""
+  return {'shapes': [dataclasses.asdict(s) for s in scene.shapes], 'relation': scene.relation}
+
+
+def scene_from_dict(data: dict) -> Scene:
+  """Inverts `scene_to_dict`; invalid content raises ValueError like `Scene` itself."""
+  try:
+    shapes = tuple(Shape(**s) for s in data['shapes'])
+    relation = data.get('relation')
+  except (KeyError, TypeError) as e:
+    raise ValueError(f'not a scene dict: {data!r}') from e
+  return Scene(shapes, relation)
 
 
 # ------------------------------------------------------------------------- captions

@@ -174,8 +174,12 @@ def resize_to_scales(image: np.ndarray, cfg: LayoutConfig) -> list[np.ndarray]:
     side = s * cfg.patch_size
     shrink = side <= min(h, w)
     resample = Image.Resampling.BOX if shrink else Image.Resampling.BICUBIC
-    resized = np.asarray(pil.resize((side, side), resample=resample), dtype=np.float32)
-    out.append(patchify(resized / 127.5 - 1.0, cfg.patch_size))
+    # Patchify the uint8 pixels (a quarter of the bytes to shuffle), then scale in place.
+    resized = np.asarray(pil.resize((side, side), resample=resample))
+    patches = patchify(resized, cfg.patch_size).astype(np.float32)
+    patches /= 127.5
+    patches -= 1.0
+    out.append(patches)
   return out
 
 
@@ -244,7 +248,7 @@ class _DocBuilder:
         # A block's tokens see up to the block's last token; everything else is causal.
         'attn_end': np.full(n, index[-1], np.int32) if bidirectional else index,
         'patches': np.zeros((n, pd), np.float32) if patches is None else patches,
-        '_pixels': np.zeros((n, pd), np.float32) if pixels is None else pixels,
+        '_pixels': pixels,            # None: no target patches in this span
         '_target': np.zeros(n, bool) if target is None else target,
     }
     self.spans.append(span)
@@ -276,24 +280,44 @@ class _DocBuilder:
       else:
         target = np.ones(n, bool)
       common = dict(block=True, scale=k, image_id=self.images, pixels=pix)
+      # No defensive copies: finish() concatenates the spans into new arrays anyway.
       self.add(np.full(n, tok.PATCH), MODALITY_IMAGE, pos, copy=COPY_MASKED,
-               is_masked=mask.copy(), patches=np.where(mask[:, None], 0.0, pix).astype(np.float32),
+               is_masked=mask.copy(), patches=np.where(mask[:, None], np.float32(0.0), pix),
                target=target, **common)
       if cfg.dual_copy:
         self.add(np.full(n, tok.PATCH), MODALITY_IMAGE, pos, copy=COPY_UNMASKED,
-                 patches=pix.copy(), **common)
+                 patches=pix, **common)
     end = t0 + finest
     self.add([tok.IMG_END], MODALITY_TEXT, [end, end, end])
     self.t = int(end) + 1
 
   def finish(self) -> dict[str, np.ndarray]:
-    doc = {k: np.concatenate([s[k] for s in self.spans]) for k in self.spans[0]}
+    doc = {k: np.concatenate([s[k] for s in self.spans]) for k in self.spans[0]
+           if k not in ('_pixels', '_target')}
     doc['segment_ids'] = np.ones(self.length, np.int32)
     doc['text_targets'], doc['text_weights'] = text_targets(doc['tokens'], doc['modality'])
-    pixels, target = doc.pop('_pixels'), doc.pop('_target')
-    doc['image_targets'], doc['image_weights'] = image_targets(
-        pixels, target, self.cfg.target_shift)
+    doc['image_targets'], doc['image_weights'] = self._image_targets()
     return doc
+
+  def _image_targets(self) -> tuple[np.ndarray, np.ndarray]:
+    """`image_targets` of the whole document, filled span by span.
+
+    Same result as `image_targets(concatenated pixels, concatenated targets,
+    shift)` without concatenating a full-length pixel copy first (the layout's
+    biggest memory cost).
+    """
+    shift = self.cfg.target_shift
+    out = np.zeros((self.length, self.cfg.patch_dim), np.float32)
+    weights = np.zeros(self.length, np.float32)
+    offset = 0
+    for span in self.spans:
+      j = np.flatnonzero(span['_target'])
+      if j.size:
+        # A target patch always follows its scale marker, so offset + j - shift >= 0.
+        out[offset + j - shift] = span['_pixels'][j]
+        weights[offset + j - shift] = 1.0
+      offset += len(span['tokens'])
+    return out, weights
 
 
 def text_targets(tokens: np.ndarray, modality: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -264,7 +264,8 @@ def validate(c: ConfigDict) -> None:
   for key in ('dtype', 'param_dtype'):
     _check(m[key] in ('float32', 'bfloat16'), f'model.{key}', f'float32 | bfloat16, got {m[key]!r}')
   _check(m.remat in ('none', 'full', 'dots'), 'model.remat', f'none | full | dots, got {m.remat!r}')
-  _check(m.attention in ('xla',), 'model.attention', f"only 'xla' is available, got {m.attention!r}")
+  _check(m.attention in ('xla', 'pallas_gpu', 'pallas_interpret', 'splash'), 'model.attention',
+         f'xla | pallas_gpu | pallas_interpret | splash, got {m.attention!r}')
 
   scales = tuple(i.scales)
   _check(len(scales) >= 1, 'image.scales', 'needs at least one scale')

@@ -11,14 +11,38 @@ A scope id of 0 never attends (padding, or a token outside the block's scope):
 such a query's output is garbage-but-finite and is discarded by the caller.
 
 This file holds the mask and the reference XLA implementation. Faster kernels
-(block-sparse Pallas, splash attention) plug in behind `attend` with the same
-arguments: per-row key ranges are exactly (scope start .. attn_end).
+(block-sparse Pallas, splash attention) plug in behind `attend` (`implementation`);
+they take the scope ids and attn_end instead of the dense mask (`ScopeMask`): per-row
+key ranges are exactly (scope start .. attn_end). Kernel rows that see nothing are 0.
 """
 
 from __future__ import annotations
 
+import logging
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
+
+IMPLEMENTATIONS = ('xla', 'pallas_gpu', 'pallas_interpret', 'splash')
+_BACKEND = {'pallas_gpu': 'gpu', 'splash': 'tpu'}   # kernels that need a device kind
+_warned: set[str] = set()
+
+
+class ScopeMask(NamedTuple):
+  """The rule's inputs, in place of a dense mask, for the kernels (a pytree)."""
+  q_scope: jax.Array   # [B, Lq] int
+  k_scope: jax.Array   # [B, Lk] int
+  q_end: jax.Array     # [B, Lq] int
+
+
+def stage_mask(q_scope: jax.Array, k_scope: jax.Array, q_end: jax.Array,
+               implementation: str = 'xla'):
+  """What one stage passes to its blocks: the dense mask for 'xla' (built once, shared
+  by every layer), the scope ids for the kernels (no [B, L, L] array at all)."""
+  if implementation == 'xla':
+    return make_mask(q_scope, k_scope, q_end)
+  return ScopeMask(q_scope, k_scope, q_end)
 
 
 def make_mask(q_scope: jax.Array, k_scope: jax.Array, q_end: jax.Array,
@@ -37,17 +61,45 @@ def make_mask(q_scope: jax.Array, k_scope: jax.Array, q_end: jax.Array,
   return same & visible
 
 
-def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
-           *, implementation: str = 'xla') -> jax.Array:
-  """Multi-head attention, reference XLA path.
+def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | ScopeMask | None = None,
+           *, implementation: str = 'xla', q_scope: jax.Array | None = None,
+           k_scope: jax.Array | None = None, q_end: jax.Array | None = None) -> jax.Array:
+  """Multi-head attention under the VLM rule.
 
   q: [B, Lq, H, D]; k, v: [B, Lk, KvH, D] with H a multiple of KvH (GQA);
-  mask: [B, Lq, Lk] bool. Softmax in float32. Fully masked rows give a finite
-  (uniform) result, never NaN, so callers may discard them with `where`.
+  mask: [B, Lq, Lk] bool, or a `ScopeMask`; q_scope/k_scope/q_end: the rule's inputs
+  (`make_mask`), which the kernels need. Softmax in float32.
+
+  implementation: 'xla' (reference, dense mask), 'pallas_gpu' (block-sparse Triton
+  kernel), 'pallas_interpret' (the same kernel in Pallas interpret mode, any device),
+  'splash' (TPU). A kernel without scope ids, or on the wrong device kind, falls back
+  to 'xla' with a warning. XLA gives fully masked rows a finite (uniform) result, the
+  kernels 0; never NaN, so callers discard them with `where`.
   """
+  if isinstance(mask, ScopeMask):
+    q_scope, k_scope, q_end = mask
+    mask = None
+  if implementation not in IMPLEMENTATIONS:
+    raise ValueError(f'attention implementation {implementation!r}; choose one of {IMPLEMENTATIONS}')
+  have_scopes = q_scope is not None and k_scope is not None and q_end is not None
   if implementation != 'xla':
-    raise ValueError(f"attention implementation {implementation!r} is not available; "
-                     "use 'xla' (the block-sparse kernel is tracked separately)")
+    needs = _BACKEND.get(implementation)
+    if not have_scopes:
+      _warn_once(f'{implementation}: no scope ids passed (only a dense mask); using xla')
+    elif needs and jax.default_backend() != needs:
+      _warn_once(f'{implementation} needs a {needs.upper()}, running on '
+                 f'{jax.default_backend()}; using xla')
+    elif implementation == 'splash':
+      from dvlm_jax.model.kernels import splash
+      return splash.splash_attention(q, k, v, q_scope, k_scope, q_end)
+    else:
+      from dvlm_jax.model.kernels import range_attention
+      return range_attention.range_attention(q, k, v, q_scope, k_scope, q_end,
+                                             interpret=implementation == 'pallas_interpret')
+  if mask is None:
+    if not have_scopes:
+      raise ValueError('attend needs a mask or q_scope, k_scope and q_end')
+    mask = make_mask(q_scope, k_scope, q_end)
   b, lq, h, d = q.shape
   kvh = k.shape[2]
   if h % kvh:
@@ -66,3 +118,9 @@ def mask_density(mask: jax.Array, q_valid: jax.Array) -> jax.Array:
   """Fraction of (query, key) pairs attended, over valid queries; for FLOP counting."""
   seen = jnp.sum(mask, axis=-1) * q_valid
   return jnp.sum(seen) / jnp.maximum(jnp.sum(q_valid) * mask.shape[-1], 1)
+
+
+def _warn_once(message: str) -> None:
+  if message not in _warned:
+    _warned.add(message)
+    logging.getLogger(__name__).warning('attention: %s', message)

@@ -461,6 +461,10 @@ def test_sentencepiece_tokenizer_keeps_the_special_ids(tmp_path):
     sp_tok.load(str(tmp_path / 'missing.model'))
   # The pipeline lays documents out with it, long captions cut by its token count.
   config = make_config(tokenizer=str(path), mixture=(('a', 1.0),))
+  config.model.vocab_size = tok.vocab_size - 1      # one id short of the tokenizer's
+  with pytest.raises(pipeline.DataError, match='model.vocab_size'):
+    pipeline.make_iterator(config, process_index=0, process_count=1, sources={'a': []})
+  config.model.vocab_size = tok.vocab_size
   record = caption_pair('x', noise_png(rng), 'red circle ' * 200)
   it = pipeline.make_iterator(config, process_index=0, process_count=1, sources={'a': [record]})
   batch = next(it)
@@ -493,6 +497,13 @@ def test_built_data_sets_through_batches_for(tmp_path):
   again = pipeline.batches_for(config, process_index=0, process_count=1)
   again.set_state(state)
   assert_same(take(again, 2), expected)
+  # A SentencePiece tokenizer trained on the built captions, by its command.
+  model = str(tmp_path / 'tok.model')
+  assert sp_tok.main(['--data_dir', data_dir, '--out', model, '--vocab_size', '260']) == 2
+  assert sp_tok.main(['--data_dir', data_dir, '--out', model, '--vocab_size', '400']) == 0
+  tok = sp_tok.load(model)
+  assert tok.decode(tok.encode('grinning face')) == 'grinning face'
+  assert sp_tok.main(['--data_dir', data_dir, '--out', model, '--datasets', 'glyphs']) == 2
   # The other process reads the other half.
   other = pipeline.make_iterator(config, process_index=1, process_count=2)
   assert next(other)['tokens'].shape == (2, 128)

@@ -113,6 +113,21 @@ def decode_options(config) -> decode.DecodeOptions:
       draft_side=int(config.image.scales[-1]) * int(config.image.patch_size))
 
 
+def load_tokenizer(config):
+  """data.tokenizer, checked against model.vocab_size (an id past the table would be
+  clamped silently by the embedding lookup, not reported)."""
+  try:
+    tokenizer = sentencepiece_tokenizer.load(str(config.data.tokenizer))
+  except ValueError as e:
+    raise DataError(str(e)) from e
+  vocab = int(config.model.vocab_size)
+  if tokenizer.vocab_size > vocab:
+    raise DataError(f'data.tokenizer={config.data.tokenizer!r} has {tokenizer.vocab_size} ids but '
+                    f'model.vocab_size={vocab}; set --config.model.vocab_size={tokenizer.vocab_size} '
+                    '(or more, rounded up for sharding)')
+  return tokenizer
+
+
 # ---------------------------------------------------------------------------- sources
 
 def open_source(name: str, config) -> Sequence:
@@ -199,8 +214,9 @@ class PrepareRecord:
 
 
 def prepared_dataset(config, sources: Mapping[str, Sequence], process_index: int,
-                     process_count: int) -> grain.MapDataset:
+                     process_count: int, tokenizer=None) -> grain.MapDataset:
   """The endless, mixed, prepared stream of one process, indexable by position."""
+  tokenizer = tokenizer or load_tokenizer(config)
   mixture = parse_mixture(config.data.mixture)
   missing = [n for n, _ in mixture if n not in sources]
   if missing:
@@ -213,7 +229,6 @@ def prepared_dataset(config, sources: Mapping[str, Sequence], process_index: int
     parts.append(ds.map(_Tag(name)))
   mixed = parts[0] if len(parts) == 1 else grain.MapDataset.mix(parts, [w for _, w in mixture])
   cfg = layout_lib.LayoutConfig.from_config(config)
-  tokenizer = sentencepiece_tokenizer.load(str(config.data.tokenizer))
   prepare = PrepareRecord(cfg, tokenizer, decode_options(config), seed, process_index)
   return mixed.map_with_index(prepare)
 
@@ -411,9 +426,10 @@ def make_iterator(config, *, process_index: int | None = None, process_count: in
   process_index, process_count = process_layout(process_index, process_count)
   rows = local_batch_size(config, process_count)
   mixture = parse_mixture(config.data.mixture)
+  tokenizer = load_tokenizer(config)      # settings errors before any file is opened
   if sources is None:
     sources = {name: open_source(name, config) for name, _ in mixture}
-  prepared = prepared_dataset(config, sources, process_index, process_count)
+  prepared = prepared_dataset(config, sources, process_index, process_count, tokenizer)
   counter = decode.BadRecordCounter(float(config.data.max_bad_fraction))
   return PackedBatches(prepared, layout_lib.LayoutConfig.from_config(config), rows,
                        lookahead=int(config.data.pack_lookahead),

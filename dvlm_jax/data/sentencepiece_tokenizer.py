@@ -92,6 +92,12 @@ def train(texts: Iterable[str], vocab_size: int, max_texts: int = 1_000_000) -> 
   `vocab_size` is an upper bound: a small corpus yields fewer pieces.
   """
   import sentencepiece as spm
+  texts = list(texts)
+  # Every byte gets a fallback piece and every character seen a piece of its own.
+  needed = 256 + len(set(''.join(texts))) + 1
+  if vocab_size < needed:
+    raise ValueError(f'--vocab_size {vocab_size} is too small for these texts: byte fallback and '
+                     f'their characters need at least {needed} pieces')
   model = io.BytesIO()
   spm.SentencePieceTrainer.train(
       sentence_iterator=iter(texts), model_writer=model, vocab_size=vocab_size,
@@ -104,25 +110,19 @@ def train(texts: Iterable[str], vocab_size: int, max_texts: int = 1_000_000) -> 
 
 
 def built_datasets(data_dir: str) -> list[str]:
-  """Names of the TFDS data sets under `data_dir` (folders holding a version with metadata)."""
-  names = []
-  for name in sorted(os.listdir(data_dir)) if os.path.isdir(data_dir) else []:
-    folder = os.path.join(data_dir, name)
-    if not os.path.isdir(folder):
-      continue
-    for root, _, files in os.walk(folder):
-      if 'dataset_info.json' in files:
-        names.append(name)
-        break
-  return names
+  """Builder names ('shapes', 'twemoji', ...) with a finished build under `data_dir`."""
+  from dvlm_jax.data import builders
+  return [name for name in builders.BUILDERS if builders.is_built(data_dir, name)]
 
 
 def dataset_texts(data_dir: str, names: Iterable[str], split: str) -> Iterator[str]:
   """Every non-empty text of every record of the named built data sets."""
-  import tensorflow_datasets as tfds
-  from dvlm_jax.data import decode
+  from dvlm_jax.data import builders, decode
   for name in names:
-    source = tfds.data_source(name, data_dir=data_dir, split=split)
+    splits = builders.open_splits(data_dir, name)
+    if split not in splits:
+      raise ValueError(f'data set {name!r} has no split {split!r} (it has {sorted(splits)})')
+    source = splits[split]
     for i in range(len(source)):
       for value in decode.as_list(source[i].get('texts')):
         text, _ = decode.as_str(value)
@@ -136,7 +136,8 @@ def main(argv=None) -> int:
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--data_dir', required=True, help='where the data sets were built')
   parser.add_argument('--out', required=True, help='the .model file to write')
-  parser.add_argument('--datasets', default='', help='comma-separated names (default: all built)')
+  parser.add_argument('--datasets', default='',
+                      help='comma-separated builder names, e.g. shapes,twemoji (default: all built)')
   parser.add_argument('--split', default='train')
   parser.add_argument('--vocab_size', type=int, default=1008,
                       help='SentencePiece pieces (upper bound); the tokenizer adds 16 special ids')
@@ -147,11 +148,19 @@ def main(argv=None) -> int:
     print(f'error: no built data sets in {args.data_dir!r} '
           '(build some with python -m dvlm_jax.data.build NAME --data_dir DIR)', file=sys.stderr)
     return 2
-  texts = list(dataset_texts(args.data_dir, names, args.split))
+  try:
+    texts = list(dataset_texts(args.data_dir, names, args.split))
+  except Exception as e:  # a missing build or split: one line, not a traceback
+    print(f'error: {e}', file=sys.stderr)
+    return 2
   if not texts:
     print(f'error: the data sets {names} hold no text', file=sys.stderr)
     return 2
-  proto = train(texts, args.vocab_size, args.max_texts)
+  try:
+    proto = train(texts, args.vocab_size, args.max_texts)
+  except ValueError as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 2
   os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
   with open(args.out, 'wb') as f:
     f.write(proto)

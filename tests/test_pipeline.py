@@ -194,6 +194,9 @@ def test_each_bad_record_is_skipped_or_fixed_and_counted():
       ({'id': 'gap', 'images': [good], 'texts': ['', 'y'], 'items': 'TIT'}, None,
        ('empty_text_dropped',)),
       ({'id': 'three', 'images': [good] * 3, 'texts': [], 'items': 'III'}, 'too_long_for_row', ()),
+      (caption_pair('a-path', 'cat.png', 'x'), 'malformed_record', ()),
+      ({'id': np.array(b'np-id', dtype=object), 'images': np.array([good], dtype=object),
+        'texts': np.array([b'numpy fields'], dtype=object), 'items': np.bytes_(b'IT')}, None, ()),
   ]
   counter = decode.BadRecordCounter(1.0)
   for record, skip_reason, fixes in cases:
@@ -211,7 +214,7 @@ def test_each_bad_record_is_skipped_or_fixed_and_counted():
   assert prepare(cases[1][0])['id'] == 'src/bytes-id'
   assert counter.seen == len(cases)
   assert counter.skipped == {'corrupt_image': 2, 'empty_image': 1, 'not_an_image': 1,
-                             'too_many_pixels': 1, 'empty_caption': 2, 'malformed_record': 3,
+                             'too_many_pixels': 1, 'empty_caption': 2, 'malformed_record': 4,
                              'empty_document': 1, 'too_long_for_row': 1}
   assert counter.fixed == {'text_not_utf8': 1, 'text_truncated': 1, 'empty_text_dropped': 1}
   assert counter.examples['corrupt_image'] == ['src/trunc-png', 'src/trunc-jpeg']

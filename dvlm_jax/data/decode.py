@@ -130,7 +130,11 @@ def decode_image(data: Any, *, max_pixels: int, draft_side: int | None = None) -
     draft_side: JPEGs larger than this are decoded at a reduced DCT scale (still
       at least this size): the layout shrinks them anyway, and it is much faster.
   """
-  data = bytes(data) if not isinstance(data, bytes) else data
+  if isinstance(data, np.ndarray) and data.ndim == 0:
+    data = data.item()
+  if not isinstance(data, (bytes, bytearray, memoryview, np.bytes_)):
+    raise BadRecord('malformed_record', f'image must be encoded bytes, got {type(data).__name__}')
+  data = bytes(data)
   if not data:
     raise BadRecord('empty_image', 'zero bytes')
   try:

@@ -13,9 +13,10 @@ per-token cost does not depend on it; a small one keeps the run short).
 Per stage (in-process, on the same records): decode (PNG/JPEG -> RGB), resize
 (every scale, patchify), layout (tokens, masks, fields of one document), pack
 (rows and batch assembly). Then the whole Grain pipeline end to end, in-process
-and with worker processes. Tokens are non-padding tokens; "per core" divides by
-the cores the run keeps busy: 1 in-process, min(cores, workers + 1) with workers
-(the main process packs while the workers decode).
+and with worker processes. Tokens are non-padding tokens. "Per core" is tokens
+per CPU-second of the main process and its workers together (their user + system
+time over the measured batches), so it does not depend on what else the machine
+runs; tokens/s is wall-clock throughput.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import sys
 import time
 
 import numpy as np
+import psutil
 from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -121,29 +123,43 @@ def stage_profile(config, sources, n_docs: int, rows: int) -> dict[str, float]:
   return times
 
 
+def cpu_seconds() -> float:
+  """User + system time of this process and its live children (the data workers)."""
+  total = 0.0
+  me = psutil.Process()
+  for proc in [me] + me.children(recursive=True):
+    try:
+      t = proc.cpu_times()
+      total += t.user + t.system
+    except psutil.NoSuchProcess:
+      pass
+  return total
+
+
 def end_to_end(config, sources, workers: int, batches: int, profile: bool = False):
-  """(seconds, rows, tokens) for `batches` batches after one warm-up batch."""
+  """(wall seconds, cpu seconds, rows, tokens) for `batches` batches after a warm-up."""
   config = cfg_lib.ConfigDict(config)
   config.data.worker_count = workers
   it = pipeline.make_iterator(config, process_index=0, process_count=1, sources=sources)
   try:
     next(it)   # start-up (worker processes, first reads) is not throughput
+    next(it)
     profiler = cProfile.Profile() if profile else None
     if profiler:
       profiler.enable()
-    start, rows, tokens = time.perf_counter(), 0, 0
+    start, cpu, rows, tokens = time.perf_counter(), cpu_seconds(), 0, 0
     for _ in range(batches):
       batch = next(it)
       rows += batch['tokens'].shape[0]
       tokens += int(np.count_nonzero(batch['segment_ids']))
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, cpu_seconds() - cpu
     if profiler:
       profiler.disable()
       print('\ncProfile, in-process pipeline, top functions by own time:')
       pstats.Stats(profiler).sort_stats('tottime').print_stats(15)
   finally:
     it.close()
-  return seconds, rows, tokens
+  return seconds, cpu, rows, tokens
 
 
 def main(argv=None) -> int:
@@ -168,7 +184,8 @@ def main(argv=None) -> int:
   print(f'config {args.config}: {config.image.scales[-1] * config.image.patch_size}-px images, '
         f'scales {tuple(config.image.scales)}, patch {config.image.patch_size}, rows of '
         f'{cfg.seq_len} ({cfg.image_tokens} tokens per image), {args.batch_size} rows per batch')
-  print(f'data: shapes + twemoji, {what}; machine: {cores} CPU cores')
+  print(f'data: shapes + twemoji, {what}; machine: {cores} CPU cores, load average '
+        f'{os.getloadavg()[0]:.1f} at start')
 
   n_docs = 240
   times = stage_profile(config, sources, n_docs, args.batch_size)
@@ -180,12 +197,11 @@ def main(argv=None) -> int:
 
   print('\nend to end (Grain pipeline):')
   for workers in [int(w) for w in args.workers.split(',') if w.strip()]:
-    seconds, rows, tokens = end_to_end(config, sources, workers, args.batches,
-                                       profile=args.cprofile and workers == 0)
-    busy = 1 if workers == 0 else min(cores, workers + 1)
-    print(f'  workers={workers}: {rows / seconds:7.1f} sequences/s  {tokens / seconds:9,.0f} '
-          f'tokens/s  = {tokens / seconds / busy:9,.0f} tokens/s per core ({busy} busy); '
-          f'rows {tokens / rows / cfg.seq_len:.0%} full')
+    seconds, cpu, rows, tokens = end_to_end(config, sources, workers, args.batches,
+                                            profile=args.cprofile and workers == 0)
+    print(f'  workers={workers}: {rows / seconds:6.1f} sequences/s {tokens / seconds:9,.0f} '
+          f'tokens/s | per core: {rows / cpu:6.1f} sequences/s {tokens / cpu:9,.0f} tokens/s '
+          f'({cpu / seconds:.1f} cores busy) | rows {tokens / rows / cfg.seq_len:.0%} full')
   return 0
 
 

@@ -259,8 +259,9 @@ def validate(c: ConfigDict) -> None:
   _check(m.head_dim % 8 == 0, 'model.head_dim',
          f'must be a multiple of 8 (rotary pairs split over t, y, x), got {m.head_dim}')
   from dvlm_jax.data import tokenizer as tok_lib  # data knows the tokenizer size
-  _check(m.vocab_size >= tok_lib.ByteTokenizer().vocab_size, 'model.vocab_size',
-         f'{m.vocab_size} < byte tokenizer size {tok_lib.ByteTokenizer().vocab_size}')
+  if c.data.get('tokenizer', 'byte') == 'byte':  # a SentencePiece model is checked when loaded
+    _check(m.vocab_size >= tok_lib.ByteTokenizer().vocab_size, 'model.vocab_size',
+           f'{m.vocab_size} < byte tokenizer size {tok_lib.ByteTokenizer().vocab_size}')
   for key in ('dtype', 'param_dtype'):
     _check(m[key] in ('float32', 'bfloat16'), f'model.{key}', f'float32 | bfloat16, got {m[key]!r}')
   _check(m.remat in ('none', 'full', 'dots'), 'model.remat', f'none | full | dots, got {m.remat!r}')

@@ -19,7 +19,7 @@ import numpy as np
 
 from dvlm_jax import config as cfg_lib
 from dvlm_jax import distributed, sharding
-from dvlm_jax.data import layout, pipeline
+from dvlm_jax.data import decode, layout, pipeline
 from dvlm_jax.model.dvlm import DreamVLM
 from dvlm_jax.model.layers import ModelConfig
 from dvlm_jax.training import checkpoints, flops, losses, metrics as metrics_lib
@@ -143,6 +143,9 @@ def main(argv=None) -> int:
   start = time.perf_counter()
   try:
     train(config, args.workdir)
+  except (pipeline.DataError, decode.TooManyBadRecords) as e:
+    print(f'error: data: {e}', file=sys.stderr)
+    return 2
   except NonFiniteError as e:
     print(f'error: {e}', file=sys.stderr)
     return 3

@@ -62,21 +62,21 @@ def assert_same_losses(a, b, steps):
 
 
 def test_two_processes_killed_and_resumed_match_an_uninterrupted_run(tmp_path):
-  common = ['--config.train.steps=6', '--config.checkpoint.every=2']
+  common = ['--config.train.steps=4', '--config.checkpoint.every=2']
   def launch(workdir, *extra):
     return local_launch.launch(train_cmd(workdir, *common, *extra), num_processes=2,
-                               devices_per_process=2, log_dir=str(tmp_path / 'logs'))
+                               devices_per_process=1, log_dir=str(tmp_path / 'logs'))
   assert launch(tmp_path / 'straight') == 0
   assert launch(tmp_path / 'broken', '--config.debug.crash_at_step=3') == 17   # killed
   assert sorted(os.listdir(tmp_path / 'broken' / 'checkpoints')) == ['2']
   assert launch(tmp_path / 'broken') == 0                                       # resumed
   straight, resumed = metrics(tmp_path / 'straight'), metrics(tmp_path / 'broken')
-  assert sorted(resumed) == sorted(straight) == list(range(1, 7))
-  assert_same_losses(straight, resumed, range(1, 7))
+  assert sorted(resumed) == sorted(straight) == list(range(1, 5))
+  assert_same_losses(straight, resumed, range(1, 5))
   with open(tmp_path / 'broken' / 'mesh.json') as f:
     assert json.load(f)['processes'] == 2
-  data_state = tmp_path / 'broken' / 'checkpoints' / '6' / 'data'
-  assert sorted(os.listdir(data_state)) == ['process_0-of-2.json', 'process_1-of-2.json']
+  data_state = os.listdir(tmp_path / 'broken' / 'checkpoints' / '4' / 'data')
+  assert {'process_0-of-2.json', 'process_1-of-2.json'} <= set(data_state)
 
 
 def test_sigterm_saves_a_restorable_checkpoint(tmp_path):

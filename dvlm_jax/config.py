@@ -134,6 +134,22 @@ def defaults() -> ConfigDict:
   t.profile_steps = ()          # (first, last): jax.profiler trace of those steps
   t.tensorboard = True
 
+  # Evaluation (dvlm_jax/evaluation/, docs/evaluation.md): during training every
+  # `every` steps and at the end; `python -m dvlm_jax.eval` on a checkpoint. Every
+  # evaluator is deterministic for `seed`, so both give the same numbers.
+  c.eval = e = ConfigDict()
+  e.every = 0                   # evaluate every N training steps (0 = off)
+  e.at_end = True               # and at the last training step
+  e.evaluators = ('text_perplexity', 'masked_patch_psnr', 'shapes', 'inpainting')
+  e.num_examples = 16           # held-out examples per evaluator (and per probe)
+  e.batch_size = 16             # examples per inference call
+  e.max_new_tokens = 160        # caption decode length (a 2-shape caption is ~120 bytes)
+  e.cfg_scale = 3.0             # classifier-free guidance of generation and inpainting
+  e.sample_steps = 8            # diffusion steps per scale (0 = diffusion.sample_steps)
+  e.mask_ratio = 0.5            # masked share of patches for the reconstruction PSNR
+  e.seed = 0                    # masks, noise and the built-in held-out scenes
+  e.split = 'test'              # held-out split of the image evaluators (perplexity: validation)
+
   c.checkpoint = k = ConfigDict()
   k.every = 500                 # save every N steps (and at the end, and on SIGTERM)
   k.keep = 3                    # keep the last K
@@ -317,6 +333,21 @@ def validate(c: ConfigDict) -> None:
   _check(0.0 <= c.optim.ema_decay < 1.0, 'optim.ema_decay', 'must lie in [0, 1)')
   _check(c.checkpoint.every >= 1, 'checkpoint.every', 'must be >= 1')
   _check(c.checkpoint.keep >= 1, 'checkpoint.keep', 'must be >= 1')
+  _validate_eval(c.eval)
+
+
+def _validate_eval(e: ConfigDict) -> None:
+  from dvlm_jax import evaluation  # the evaluator names, without importing jax
+  _check(e.every >= 0, 'eval.every', f'must be >= 0 (0 = off), got {e.every}')
+  unknown = [n for n in e.evaluators if n not in evaluation.EVALUATORS]
+  _check(not unknown, 'eval.evaluators',
+         f'unknown {unknown}; choose from {list(evaluation.EVALUATORS)}')
+  for key in ('num_examples', 'batch_size', 'max_new_tokens'):
+    _check(isinstance(e[key], int) and e[key] >= 1, f'eval.{key}', f'must be an int >= 1, got {e[key]!r}')
+  _check(e.sample_steps >= 0, 'eval.sample_steps', 'must be >= 0 (0 = diffusion.sample_steps)')
+  _check(e.cfg_scale >= 0, 'eval.cfg_scale', 'must be >= 0')
+  _check(0.0 < e.mask_ratio < 1.0, 'eval.mask_ratio', f'must lie in (0, 1), got {e.mask_ratio}')
+  _check(e.split in ('validation', 'test'), 'eval.split', f'validation | test, got {e.split!r}')
 
 
 def image_token_count(c: ConfigDict) -> int:

@@ -8,6 +8,9 @@ here shares one shape per dtype so each is compiled once (compiles dominate the 
 
 import functools
 import logging
+import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -22,7 +25,7 @@ from dvlm_jax.model.kernels import range_attention as ra
 from dvlm_jax.model.kernels import splash
 from dvlm_jax.model.dvlm import DreamVLM
 from dvlm_jax.model.layers import ModelConfig
-from tests.conftest import build, image_batch, tiny_config
+from tests.conftest import ROOT, build, image_batch, tiny_config
 
 TEXT = layout.MODALITY_TEXT
 SEQ = 120          # not a multiple of the blocks: the wrapper pads
@@ -381,12 +384,15 @@ def test_config_accepts_the_kernels():
 
 
 def test_model_with_kernel_matches_xla():
-  """The tiny model, every stage through the interpret-mode kernel: same outputs where
-  they are used (non-padding positions; stage outputs are already masked per modality)."""
-  config = tiny_config()
+  """The tiny model with every stage's attention through the interpret-mode kernel: the
+  same outputs where they are used (non-padding positions; stage outputs are already
+  masked per modality). Out stages off (they reuse the core's scopes) to keep it quick."""
+  outs = dict(model__text_out_layers=0, model__imun_out_layers=0, model__imgen_out_layers=0)
+  config = tiny_config(**outs)
   batch = image_batch(config)
   model, params = build(config, batch)
-  kernel_model = DreamVLM(ModelConfig.from_config(tiny_config(model__attention='pallas_interpret')))
+  kernel_model = DreamVLM(ModelConfig.from_config(
+      tiny_config(model__attention='pallas_interpret', **outs)))
   run = lambda m: jax.jit(lambda b: m.apply({'params': params}, b, return_hidden=True))(batch)
   want, got = run(model), run(kernel_model)
   used = batch['segment_ids'] > 0
@@ -396,3 +402,50 @@ def test_model_with_kernel_matches_xla():
     y = flat(got)[name]
     np.testing.assert_allclose(np.asarray(y)[used], np.asarray(x)[used], atol=2e-5,
                                err_msg=name)
+
+
+SHARDED_SCRIPT = r'''
+import flax.linen as nn, jax, jax.numpy as jnp, numpy as np
+from dvlm_jax import config as cfg_lib
+from dvlm_jax.model import attention
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+mesh = Mesh(np.asarray(jax.devices()).reshape(2, 1, 2), ('data', 'fsdp', 'tensor'))
+rules = cfg_lib.default_logical_rules()
+b, l, h, kvh, d = 4, 64, 4, 2, 32
+rng = np.random.default_rng(0)
+scope = np.repeat(np.arange(1, 5), 16)[None].repeat(b, 0).astype(np.int32)
+scope[:, -8:] = 0
+end = np.broadcast_to(np.arange(l, dtype=np.int32), (b, l)).copy()
+end[:, 20:28] = 27                                        # a bidirectional block
+ks = jax.random.split(jax.random.key(0), 4)
+q = jax.random.normal(ks[0], (b, l, h, d)); w = jax.random.normal(ks[3], (b, l, h, d))
+k = jax.random.normal(ks[1], (b, l, kvh, d)); v = jax.random.normal(ks[2], (b, l, kvh, d))
+valid = np.asarray(attention.make_mask(scope, scope, end).any(-1))[..., None, None]
+def loss(q, k, v, impl):
+  spec = attention.stage_mask(jnp.asarray(scope), jnp.asarray(scope), jnp.asarray(end), impl)
+  out = attention.attend(q, k, v, spec, implementation=impl)
+  return jnp.sum(jnp.where(valid, out, 0.0) * w), out
+grad = lambda impl: jax.jit(jax.value_and_grad(lambda *a: loss(*a, impl), argnums=(0, 1, 2), has_aux=True))
+want = grad('xla')(q, k, v)
+put = lambda x: jax.device_put(x, NamedSharding(mesh, P(('data', 'fsdp'), None, 'tensor', None)))
+with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+  fn = grad('pallas_interpret')
+  text = str(jax.make_jaxpr(fn)(put(q), put(k), put(v)))
+  got = fn(put(q), put(k), put(v))
+assert 'shard_map' in text
+errs = [float(np.max(np.abs(np.where(valid, a, 0) - np.where(valid, b_, 0))))
+        for a, b_ in zip(jax.tree.leaves(got), jax.tree.leaves(want))]
+print('max errors', errs)
+assert max(errs) < 1e-4, errs
+print('OK')
+'''
+
+
+def test_kernel_runs_per_device_under_a_mesh():
+  """With 4 devices (data 2 x tensor 2) each device runs the kernel on its rows and heads
+  (shard_map) and the values and gradients are those of the unsharded reference."""
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4',
+             JAX_PLATFORMS='cpu', PYTHONPATH=ROOT)
+  done = subprocess.run([sys.executable, '-c', SHARDED_SCRIPT], env=env, cwd=ROOT,
+                        capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0 and 'OK' in done.stdout, done.stdout + done.stderr[-3000:]

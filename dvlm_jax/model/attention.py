@@ -18,6 +18,7 @@ key ranges are exactly (scope start .. attn_end). Kernel rows that see nothing a
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import NamedTuple
 
@@ -89,13 +90,12 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | ScopeMask
     elif needs and jax.default_backend() != needs:
       _warn_once(f'{implementation} needs a {needs.upper()}, running on '
                  f'{jax.default_backend()}; using xla')
-    elif implementation == 'splash':
-      from dvlm_jax.model.kernels import splash
-      return splash.splash_attention(q, k, v, q_scope, k_scope, q_end)
-    else:
-      from dvlm_jax.model.kernels import range_attention
-      return range_attention.range_attention(q, k, v, q_scope, k_scope, q_end,
-                                             interpret=implementation == 'pallas_interpret')
+    else:   # one kernel call per device under the mesh in context
+      from dvlm_jax.model import kernels
+      from dvlm_jax.model.kernels import range_attention, splash
+      kernel = (splash.splash_attention if implementation == 'splash' else functools.partial(
+          range_attention.range_attention, interpret=implementation == 'pallas_interpret'))
+      return kernels.sharded(kernel, q, k, v, q_scope, k_scope, q_end)
   if mask is None:
     if not have_scopes:
       raise ValueError('attend needs a mask or q_scope, k_scope and q_end')

@@ -132,7 +132,9 @@ def test_non_finite_steps_are_skipped_counted_and_stop_the_run(tmp_path):
 
 def test_params_only_restore_ema_and_grad_accumulation(tmp_path):
   run(tmp_path, '--config.train.steps=3', '--config.optim.ema_decay=0.5',
-      '--config.train.grad_accum_steps=2')
+      '--config.train.grad_accum_steps=2', '--config.train.profile_steps=2,3')
+  traces = [f for _, _, files in os.walk(tmp_path / 'profile') for f in files]
+  assert any(f.endswith('.xplane.pb') for f in traces), traces
   config = cfg_lib.load(TINY, ['model.core_layers=1', 'optim.ema_decay=0.5'])
   spec = layout.batch_spec(layout.LayoutConfig.from_config(config), 1)
   batch = {k: jax.ShapeDtypeStruct(s, d) for k, (s, d) in spec.items()}

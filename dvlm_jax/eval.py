@@ -1,0 +1,78 @@
+"""Evaluation command: restore a checkpoint of a run, run the evaluators, report.
+
+  python -m dvlm_jax.eval --workdir DIR [--step N] [--ema] [--config.eval.KEY=VALUE ...]
+
+Restores the run's config and parameters (newest checkpoint, or step N; its EMA
+with --ema), runs `config.eval.evaluators` (docs/evaluation.md), prints a table
+of every metric next to its chance level and the paths of the picture grids, and
+writes DIR/eval/N.json (plus DIR/eval/N/*.png and TensorBoard scalars; with --ema
+DIR/eval/N_ema.json, DIR/eval/N_ema/ and 'eval_ema/' scalars). Only
+`eval.*` keys can be overridden: the model is what the run trained.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+
+import jax
+
+from dvlm_jax import config as cfg_lib
+
+
+def parse_args(argv):
+  overrides = [a[len('--config.'):] for a in argv if a.startswith('--config.')]
+  rest = [a for a in argv if not a.startswith('--config.')]
+  parser = argparse.ArgumentParser(prog='python -m dvlm_jax.eval', description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument('--workdir', required=True, help='run directory of python -m dvlm_jax.train')
+  parser.add_argument('--step', type=int, default=None, help='checkpoint step (default: newest)')
+  parser.add_argument('--ema', action='store_true', help='evaluate the EMA parameters')
+  return parser.parse_args(rest), overrides
+
+
+def apply_overrides(config, overrides) -> None:
+  """`eval.KEY=VALUE` items onto the run's config, typed like the existing values."""
+  for item in overrides:
+    key, sep, value = item.partition('=')
+    if not sep:
+      raise cfg_lib.ConfigError(f'override {item!r} must look like key=value')
+    if not key.startswith('eval.'):
+      raise cfg_lib.ConfigError(f"--config.{key}: only eval.* keys can be changed when "
+                                'evaluating (the model and data are those of the run)')
+    cfg_lib.set_key(config, key, value)
+  cfg_lib.validate(config)
+
+
+def main(argv=None) -> int:
+  logging.basicConfig(level=logging.WARNING, format='%(levelname)s %(name)s: %(message)s')
+  args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
+  from dvlm_jax.evaluation import runner
+  from dvlm_jax.inference.api import VLM
+  try:
+    vlm = VLM.from_workdir(args.workdir, step=args.step, ema=args.ema)
+    apply_overrides(vlm.config, overrides)
+  except (FileNotFoundError, ValueError) as e:   # ConfigError is a ValueError
+    print(f'error: {e}', file=sys.stderr)
+    return 2
+  start = time.perf_counter()
+  tag = '_ema' if args.ema else ''
+  metrics = runner.evaluate(vlm, vlm.config, vlm.step, args.workdir, tag=tag)
+  if jax.process_index() == 0:
+    path = runner.record_path(args.workdir, vlm.step, tag)
+    with open(path) as f:
+      record = json.load(f)
+    print(f'step {vlm.step}{" (EMA)" if args.ema else ""} of {args.workdir}: '
+          f'{time.perf_counter() - start:.1f}s')
+    print(runner.summary_table(metrics, record['chance']))
+    print(f'wrote {path}')
+    for grid in record['grids'].values():
+      print(f'grid  {grid}')
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

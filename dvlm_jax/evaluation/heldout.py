@@ -1,0 +1,103 @@
+"""Held-out examples of the shapes and glyphs worlds, with their exact labels.
+
+Where they come from follows the training data:
+
+  data.source='tfds' and the set is built in data.data_dir
+      the split's first n records by id (what the builder wrote: its seed,
+      image size and shape count), labels from the record's JSON;
+  otherwise
+      the same records computed by the builders' own record functions
+      (`builders.shapes.scene_for`, `builders.glyphs.glyph_for`, seed 0: what
+      a default build writes), so nothing has to be built. With
+      data.source='builtin' scenes have at most data.builtin_max_shapes shapes
+      and are rendered at the model's finest resolution, like the training
+      documents. The built-in stream itself has no held-out split: there the
+      split's scenes are fresh draws from the training distribution, not
+      captions the model never saw.
+
+Both are pure functions of (split, index): every call returns the same examples.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+
+import numpy as np
+from PIL import Image
+
+from dvlm_jax.data import builtin
+from dvlm_jax.data import glyphs as glyphs_lib
+from dvlm_jax.data import shapes as shapes_lib
+
+log = logging.getLogger(__name__)
+
+_BUILDER_SEED = 0       # the builders' default seed: a default build holds these records
+_BUILDER_IMAGE_SIZE = 64
+_BUILDER_MAX_SHAPES = 3
+
+
+def _text(value) -> str:
+  return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _decode_png(data) -> np.ndarray:
+  return np.asarray(Image.open(io.BytesIO(bytes(data))).convert('RGB'), dtype=np.uint8)
+
+
+class HeldOut:
+  """`scenes(split, n)` and `glyphs(split, n)`: (label, uint8 [S, S, 3] image) pairs."""
+
+  def __init__(self, config):
+    self.source = str(config.data.source)
+    self.data_dir = str(config.data.get('data_dir', 'data'))
+    if self.source == 'builtin':
+      self.max_shapes = int(config.data.get('builtin_max_shapes', 2))
+      self.image_size = builtin.image_size(config)
+    else:
+      self.max_shapes = _BUILDER_MAX_SHAPES
+      self.image_size = _BUILDER_IMAGE_SIZE
+
+  def _records(self, name: str, split: str, n: int) -> list[dict] | None:
+    """The first n records of a built split, or None when the set is not built here."""
+    if self.source != 'tfds':
+      return None
+    from dvlm_jax.data import builders  # imports TFDS: only for built data
+    if not builders.is_built(self.data_dir, name):
+      log.warning('%s is not built in %s: evaluating on the records a default build would '
+                  'hold (computed, not read)', name, os.path.abspath(self.data_dir))
+      return None
+    source = builders.open_splits(self.data_dir, name)[split]
+    if len(source) < n:
+      raise ValueError(f'{name} {split} has {len(source)} records, eval.num_examples={n}')
+    # TFDS stores records in a shuffled order; the builders' ids ('shapes/test/000007')
+    # carry the record index, so the first n by id are the same examples at any size.
+    records = sorted((source[i] for i in range(len(source))), key=lambda r: _text(r['id']))
+    return records[:n]
+
+  def scenes(self, split: str, n: int) -> list[tuple[shapes_lib.Scene, np.ndarray]]:
+    records = self._records('shapes', split, n)
+    if records is not None:
+      return [(shapes_lib.scene_from_dict(json.loads(r['labels'])), _decode_png(r['images'][0]))
+              for r in records]
+    from dvlm_jax.data.builders import shapes as builder
+    out = []
+    for i in range(n):
+      scene = builder.scene_for(_BUILDER_SEED, split, i, self.max_shapes)
+      out.append((scene, shapes_lib.render(scene, self.image_size)))
+    return out
+
+  def glyphs(self, split: str, n: int) -> list[tuple[glyphs_lib.Glyph, np.ndarray]]:
+    records = self._records('glyphs', split, n)
+    if records is not None:
+      return [(glyphs_lib.from_dict(json.loads(r['labels'])), _decode_png(r['images'][0]))
+              for r in records]
+    from dvlm_jax.data.builders import glyphs as builder
+    size = max(self.image_size, glyphs_lib.MIN_SIZE_PX)
+    out = []
+    for i in range(n):
+      glyph = builder.glyph_for(_BUILDER_SEED, split, i)
+      out.append((glyph, glyphs_lib.render(glyph, size)))
+    return out

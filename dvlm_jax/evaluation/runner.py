@@ -1,0 +1,145 @@
+"""Runs the configured evaluators and records what they found.
+
+  metrics = evaluate(vlm, config, step, workdir)
+
+writes (process 0 only; every process runs the evaluators, since with a sharded
+model every process takes part in each computation):
+
+  WORKDIR/eval/STEP.json    {'step', 'metrics', 'chance', 'seconds', 'grids'}
+  WORKDIR/eval/STEP/*.png   picture grids (generations with their prompts,
+                            reconstructions per scale, inpaintings, captions)
+  WORKDIR/tensorboard/      every metric as the scalar 'eval/NAME' at STEP
+
+and returns the metrics. Evaluators are deterministic for `eval.seed`, so an
+evaluation of a restored checkpoint (`python -m dvlm_jax.eval`) reproduces the
+numbers logged at that step during training. `seconds` (wall time per
+evaluator) is the only thing in STEP.json that is not.
+
+An evaluator is a small class: `__init__(config)`, `run(vlm, step) ->
+{metric: float}`, and after `run` the attributes `chance` ({metric: chance
+level}) and `grids` ({name: grid.Grid}).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+
+import jax
+
+from dvlm_jax.evaluation import grid as grid_lib
+from dvlm_jax.evaluation.inpainting import InpaintingError
+from dvlm_jax.evaluation.reconstruction import MaskedPatchPSNR
+from dvlm_jax.evaluation.shapes_eval import ShapesEval
+from dvlm_jax.evaluation.text_perplexity import TextPerplexity
+
+# Keys are dvlm_jax.evaluation.EVALUATORS (checked by config validation and the tests).
+EVALUATOR_CLASSES = {
+    'text_perplexity': TextPerplexity,
+    'masked_patch_psnr': MaskedPatchPSNR,
+    'shapes': ShapesEval,
+    'inpainting': InpaintingError,
+}
+
+
+# The numbers of the one-line summary during training; everything is in the record.
+HEADLINE = ('text/perplexity', 'recon/psnr', 'shapes/caption/scene', 'shapes/generation/scene',
+            'shapes/glyphs/both', 'inpaint/psnr')
+
+
+def eval_dir(workdir: str) -> str:
+  return os.path.join(workdir, 'eval')
+
+
+def record_path(workdir: str, step: int, tag: str = '') -> str:
+  return os.path.join(eval_dir(workdir), f'{step}{tag}.json')
+
+
+def _write(workdir: str, step: int, tag: str, metrics, chance, seconds, grids) -> dict:
+  """The JSON record, the PNG grids and the TensorBoard scalars of one evaluation."""
+  directory = os.path.join(eval_dir(workdir), f'{step}{tag}')
+  os.makedirs(directory, exist_ok=True)
+  paths = {}
+  for name, grid in grids.items():
+    paths[name] = os.path.join(directory, f'{name}.png')
+    grid_lib.save_png(grid, paths[name])
+  record = {'step': int(step), 'metrics': metrics, 'chance': chance, 'seconds': seconds,
+            'grids': paths}
+  # Written to a temporary name and renamed: a reader never sees half a file.
+  path = record_path(workdir, step, tag)
+  with open(path + '.tmp', 'w') as f:
+    json.dump(record, f, indent=2, sort_keys=True)
+  os.replace(path + '.tmp', path)
+  import tensorboardX  # event files without TensorFlow, next to the training scalars
+  with tensorboardX.SummaryWriter(os.path.join(workdir, 'tensorboard')) as writer:
+    for name, value in metrics.items():
+      writer.add_scalar(f'eval{tag}/{name}', value, step)
+  return record
+
+
+def evaluate(vlm, config, step: int, workdir: str, *, tag: str = '') -> dict[str, float]:
+  """Runs `config.eval.evaluators` on `vlm`; writes the records (see the module docstring).
+
+  `tag` keeps evaluations of other parameters of the same step apart: '_ema' writes
+  eval/STEP_ema.json, eval/STEP_ema/ and the scalars 'eval_ema/NAME'.
+  """
+  metrics, chance, seconds, grids = {}, {}, {}, {}
+  for name in config.eval.evaluators:
+    if name not in EVALUATOR_CLASSES:
+      raise ValueError(f'eval.evaluators: unknown {name!r}; choose from {list(EVALUATOR_CLASSES)}')
+    start = time.perf_counter()
+    evaluator = EVALUATOR_CLASSES[name](config)
+    found = evaluator.run(vlm, step)
+    seconds[name] = time.perf_counter() - start
+    metrics.update({k: float(v) for k, v in found.items()})
+    chance.update(evaluator.chance)
+    grids.update({f'{name}_{g}': grid for g, grid in evaluator.grids.items()})
+  if jax.process_index() == 0:
+    _write(workdir, step, tag, metrics, chance, seconds, grids)
+  return metrics
+
+
+def due(config, step: int) -> bool:
+  """True at the steps where training evaluates: every eval.every, and the last with at_end."""
+  every = int(config.eval.every)
+  return (every > 0 and step % every == 0) or (
+      bool(config.eval.at_end) and step == int(config.train.steps))
+
+
+def maybe_evaluate(config, state_params, step: int, workdir: str) -> dict[str, float] | None:
+  """The training loop's hook: evaluates the current parameters when `due`, else None.
+
+  Call it after the train step of `step` (the parameters the checkpoint of that step
+  holds). Every process must call it. Prints one line with the headline numbers.
+  """
+  if not config.eval.evaluators or not due(config, step):
+    return None
+  from dvlm_jax.inference.api import VLM  # only when evaluating: keeps training imports light
+  start = time.perf_counter()
+  vlm = VLM.from_params(config, state_params, step=step)
+  metrics = evaluate(vlm, config, step, workdir)
+  if jax.process_index() == 0:
+    shown = ' | '.join(f'{k} {_number(metrics[k])}' for k in HEADLINE if k in metrics)
+    print(f'eval step {step}: {shown} ({time.perf_counter() - start:.0f}s; all in '
+          f'{record_path(workdir, step)})', flush=True)
+  return metrics
+
+
+def summary_table(metrics: dict[str, float], chance: dict[str, float] | None = None) -> str:
+  """A console table: metric, value, chance (blank where a metric has none)."""
+  chance = chance or {}
+  width = max([len('metric')] + [len(k) for k in metrics])
+  lines = [f'{"metric":<{width}}  {"value":>10}  {"chance":>10}', '-' * (width + 24)]
+  for name in sorted(metrics):
+    level = chance.get(name)
+    lines.append(f'{name:<{width}}  {_number(metrics[name]):>10}  '
+                 f'{"" if level is None else _number(level):>10}')
+  return '\n'.join(lines)
+
+
+def _number(value: float) -> str:
+  if math.isnan(value) or math.isinf(value):
+    return str(value)
+  return f'{value:.4g}' if abs(value) >= 1e4 or (value != 0 and abs(value) < 1e-3) else f'{value:.4f}'

@@ -1,0 +1,90 @@
+"""TextPerplexity: the LM's loss on held-out captions, with a plain forward pass.
+
+Two document kinds per held-out scene (the validation split, see heldout.py),
+laid out and packed exactly like training documents (`layout.Packer`), with no
+masking and no caption dropout:
+
+  text      [caption]          how well the LM knows the language of the world
+  caption   [image, caption]   the caption given the clean image (captioning)
+
+The loss is the text cross-entropy of `losses.compute_loss` (the same
+`text_targets`/`text_weights`), summed over every weighted token of every
+batch and divided once, so it is a per-token average that does not depend on
+how documents fell into rows. Perplexity = exp(loss). The gap between the two
+is what the image tells the LM about its caption. Chance: a uniform guess over
+the tokenizer's ids (perplexity = its vocabulary size).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dvlm_jax.data import layout as layout_lib
+from dvlm_jax.data import pipeline
+from dvlm_jax.data import shapes
+from dvlm_jax.evaluation.heldout import HeldOut
+
+SPLIT = 'validation'   # model selection reads validation; test stays for the image probes
+
+
+@functools.partial(jax.jit, static_argnums=0)  # one compile per model and batch shape
+def _text_nll_sums(model, params, batch):
+  """(sum of next-token NLL over text_weights, sum of weights) of one packed batch."""
+  logits = model.apply({'params': params}, batch)['text_logits'].astype(jnp.float32)
+  logp = jax.nn.log_softmax(logits, axis=-1)
+  nll = -jnp.take_along_axis(logp, batch['text_targets'][..., None], axis=-1)[..., 0]
+  weights = batch['text_weights']
+  return jnp.sum(nll * weights), jnp.sum(weights)
+
+
+class TextPerplexity:
+  """Per-token loss and perplexity of held-out captions, alone and after their image."""
+
+  def __init__(self, config):
+    e = config.eval
+    self.heldout = HeldOut(config)
+    self.n = int(e.num_examples)
+    self.batch_size = int(e.batch_size)
+    self.seed = int(e.seed)
+    self.layout = dataclasses.replace(
+        layout_lib.LayoutConfig.from_config(config), share_unmasked=1.0,
+        share_fully_masked=0.0, caption_dropout=0.0)
+    self.tokenizer = pipeline.load_tokenizer(config)
+    vocab = self.tokenizer.vocab_size
+    self.chance = {'text/loss': math.log(vocab), 'text/perplexity': float(vocab),
+                   'text/caption_loss': math.log(vocab), 'text/caption_perplexity': float(vocab)}
+    self.grids = {}
+
+  def _batches(self, docs):
+    """Packed batches of `batch_size` rows holding every document once."""
+    rng = np.random.default_rng(self.seed)  # drawn from, but with nothing masked or dropped
+    packer = layout_lib.Packer(self.layout, self.batch_size)
+    for doc in docs:
+      encoded = layout_lib.encode_document(doc, self.layout, self.tokenizer, rng)
+      if not packer.add(encoded):
+        yield packer.finish()[0]
+        packer.add(encoded)
+    if packer.stats.documents:
+      yield packer.finish()[0]
+
+  def _loss(self, vlm, docs) -> float:
+    nll = weight = 0.0
+    for batch in self._batches(docs):
+      batch_nll, batch_weight = _text_nll_sums(vlm.model, vlm.params, batch)
+      nll += float(batch_nll)
+      weight += float(batch_weight)
+    return nll / max(weight, 1.0)
+
+  def run(self, vlm, step: int) -> dict[str, float]:
+    del step
+    scenes = self.heldout.scenes(SPLIT, self.n)
+    text = self._loss(vlm, [[shapes.caption(s)] for s, _ in scenes])
+    caption = self._loss(vlm, [[image, shapes.caption(s)] for s, image in scenes])
+    return {'text/loss': text, 'text/perplexity': math.exp(text),
+            'text/caption_loss': caption, 'text/caption_perplexity': math.exp(caption)}

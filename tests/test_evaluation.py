@@ -1,0 +1,276 @@
+"""Evaluation: the detector, the scoring, every evaluator on a tiny trained run, the CLI,
+and that an evaluation of a restored checkpoint reproduces the one made during training.
+
+Shapes and glyphs examples come from the builders' own record functions
+(`builders.shapes.scene_for`, `builders.glyphs.glyph_for`: what a default build holds;
+`test_built_records_are_the_computed_ones` builds tiny sets to check that), so the
+tiny run (data.source='builtin') needs no data directory.
+"""
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from dvlm_jax import config as cfg_lib
+from dvlm_jax import evaluation
+from dvlm_jax.data import glyphs, shapes
+from dvlm_jax.data.builders import shapes as shapes_builder
+from dvlm_jax.evaluation import detector, grid, heldout, runner, shapes_eval
+from tests.conftest import ROOT, tiny_config
+
+TINY = os.path.join(ROOT, 'experiments', 'tiny.py')
+STEP = 2
+# Small enough for the test budget; every probe still sees several examples and batches.
+EVAL_FLAGS = ['--config.eval.num_examples=3', '--config.eval.batch_size=2',
+              '--config.eval.max_new_tokens=24', '--config.eval.sample_steps=2']
+
+
+# ------------------------------------------------------------------------- detector
+
+@pytest.mark.parametrize('size_px', [32, 64])
+def test_detector_reads_rendered_scenes(size_px):
+  """>= 98 % per attribute on ground truth at the small config's 32 px and the builder's 64."""
+  rng = np.random.default_rng(size_px)
+  tally = shapes_eval.Tally()
+  for _ in range(300):
+    scene = shapes.sample_scene(rng, max_shapes=4)
+    shapes_eval.score(detector.detect(shapes.render(scene, size_px)), scene, tally, drawn=True)
+  rates = tally.rates('detector')
+  for name in shapes_eval.ATTRIBUTES + ('count', 'relation'):
+    assert rates[f'detector/{name}'] >= 0.98, (name, rates)
+
+
+def test_detector_sees_nothing_on_background_and_reads_noisy_pictures():
+  blank = np.zeros((32, 32, 3), np.uint8) + np.asarray(shapes.BACKGROUND, np.uint8)
+  assert detector.detect(blank) == ()
+  rng = np.random.default_rng(0)
+  scene = shapes.Scene((shapes.Shape('triangle', 'blue', 'large', 'top', 'left'),
+                        shapes.Shape('circle', 'yellow', 'large', 'bottom', 'right')))
+  noisy = shapes.render(scene, 64) + rng.normal(0, 20, (64, 64, 3))
+  assert detector.detect(np.clip(noisy, 0, 255).astype(np.uint8)) == scene.shapes
+
+
+# -------------------------------------------------------------------------- scoring
+
+def _scene(*specs, relation=None):
+  return shapes.Scene(tuple(shapes.Shape(*s) for s in specs), relation)
+
+
+def test_score_matches_shapes_in_any_order_and_counts_misses():
+  label = _scene(('circle', 'red', 'large', 'top', 'left'),
+                 ('square', 'blue', 'small', 'bottom', 'right'), relation='above')
+  perfect = shapes_eval.Tally()
+  shapes_eval.score(label.shapes[::-1], label, perfect, stated_relation='below')  # reversed caption
+  assert set(perfect.rates('x').values()) == {1.0}
+
+  wrong = shapes_eval.Tally()
+  guess = (shapes.Shape('circle', 'green', 'large', 'top', 'left'),)     # one shape, wrong colour
+  shapes_eval.score(guess, label, wrong, stated_relation=None)
+  assert wrong.rates('x') == {'x/colour': 0.0, 'x/count': 0.0, 'x/kind': 0.5, 'x/position': 0.5,
+                              'x/relation': 0.0, 'x/scene': 0.0, 'x/size': 0.5}
+
+  extra = shapes_eval.Tally()   # the two right shapes and two more
+  shapes_eval.score(label.shapes + (shapes.Shape('circle', 'red', 'large', 'middle', 'left'),
+                                    shapes.Shape('square', 'blue', 'small', 'middle', 'right')),
+                    label, extra, stated_relation='above')
+  assert extra.rates('x')['x/kind'] == 0.5 and extra.rates('x')['x/count'] == 0.0
+
+  false_relation = shapes_eval.Tally()
+  shapes_eval.score(label.shapes, label, false_relation, stated_relation='below')
+  assert false_relation.rates('x')['x/relation'] == 0.0
+
+  unparseable = shapes_eval.Tally()
+  shapes_eval.score(None, label, unparseable)
+  assert set(unparseable.rates('x').values()) == {0.0}
+
+
+def test_score_of_pictures_checks_the_drawn_relation():
+  label = _scene(('circle', 'red', 'large', 'top', 'left'),
+                 ('square', 'blue', 'small', 'top', 'right'), relation='left of')
+  swapped = (shapes.Shape('circle', 'red', 'large', 'top', 'right'),
+             shapes.Shape('square', 'blue', 'small', 'top', 'left'))
+  tally = shapes_eval.Tally()
+  shapes_eval.score(swapped, label, tally, drawn=True)
+  rates = tally.rates('g')
+  assert rates['g/relation'] == 0.0 and rates['g/position'] == 0.0 and rates['g/colour'] == 1.0
+
+
+def test_glyph_answers_are_read_separately():
+  assert shapes_eval.read_glyph_answer('the letter Q made of small red circles') == (
+      'Q', 'circle', 'red')
+  assert shapes_eval.read_glyph_answer('the digit 7 made of small pink squares') == (
+      '7', 'square', None)
+  assert shapes_eval.read_glyph_answer('the letter QQ made of blue') == (None, None, None)
+
+
+# ----------------------------------------------------------------- data and plumbing
+
+def test_built_records_are_the_computed_ones(tmp_path):
+  from dvlm_jax.data import build as build_lib
+  for name in ('shapes', 'glyphs'):
+    build_lib.build_dataset(name, str(tmp_path), train_size=1, validation_size=3, test_size=3)
+  config = tiny_config()
+  config.data.source = 'tfds'
+  config.data.data_dir = str(tmp_path)
+  read = heldout.HeldOut(config)
+  config.data.data_dir = str(tmp_path / 'not_built')
+  computed = heldout.HeldOut(config)
+  for split in ('validation', 'test'):
+    for (a, image_a), (b, image_b) in zip(read.scenes(split, 3), computed.scenes(split, 3)):
+      assert a == b and np.array_equal(image_a, image_b)
+    for (a, image_a), (b, image_b) in zip(read.glyphs(split, 3), computed.glyphs(split, 3)):
+      assert a == b and np.array_equal(image_a, image_b)
+  builtin_scenes = heldout.HeldOut(tiny_config()).scenes('test', 3)
+  assert [s for s, _ in builtin_scenes] == [shapes_builder.scene_for(0, 'test', i, 2)
+                                            for i in range(3)]
+  assert builtin_scenes[0][1].shape == (16, 16, 3)   # the tiny model's finest scale
+
+
+def test_eval_config_is_validated():
+  assert set(evaluation.EVALUATORS) == set(runner.EVALUATOR_CLASSES)
+  for key, value, message in (('evaluators', "'shapes','bleu'", "unknown ['bleu']"),
+                              ('num_examples', '0', 'int >= 1'),
+                              ('split', 'train', 'validation | test')):
+    with pytest.raises(cfg_lib.ConfigError, match=f"eval.{key}'.*{re.escape(message)}"):
+      cfg_lib.load(TINY, [f'eval.{key}={value}'])
+
+
+def test_due_steps():
+  config = tiny_config()
+  config.train.steps = 10
+  config.eval.every = 4
+  assert [s for s in range(1, 11) if runner.due(config, s)] == [4, 8, 10]
+  config.eval.every, config.eval.at_end = 0, False
+  assert not any(runner.due(config, s) for s in range(1, 11))
+
+
+def test_summary_table_and_grid():
+  table = runner.summary_table({'shapes/caption/kind': 0.5, 'text/loss': 3.25},
+                               {'shapes/caption/kind': 1 / 3})
+  lines = table.splitlines()
+  assert lines[0].split() == ['metric', 'value', 'chance']
+  assert lines[2].split() == ['shapes/caption/kind', '0.5000', '0.3333']
+  assert lines[3].split() == ['text/loss', '3.2500']
+  g = grid.Grid(('a', 'b'))
+  g.add('a long prompt ' * 10, [np.zeros((8, 8, 3), np.uint8), np.full((32, 32, 3), 255, np.uint8)])
+  picture = grid.render(g)
+  assert picture.dtype == np.uint8 and picture.shape[0] > 96 and picture.shape[1] > 2 * 96
+
+
+# ------------------------------------------------------------ on a tiny trained run
+
+def _training_time_evaluation(workdir):
+  """What the training loop's hook does at STEP, for a train.py that does not call it yet.
+
+  The train state is restored exactly as `dvlm_jax.train` holds it (sharded on the
+  run's mesh) and its params go through `runner.maybe_evaluate`, the loop's call.
+  """
+  import jax
+  from dvlm_jax import sharding
+  from dvlm_jax.data import layout
+  from dvlm_jax.inference import loading
+  from dvlm_jax.training import checkpoints
+  from dvlm_jax.training import optimizer as optim_lib
+  from dvlm_jax.training import step as step_lib
+  config = loading.read_config(workdir)
+  mesh = sharding.make_mesh(config)
+  spec = layout.batch_spec(layout.LayoutConfig.from_config(config), config.data.batch_size)
+  spec = {k: jax.ShapeDtypeStruct(shape, dtype) for k, (shape, dtype) in spec.items()}
+  abstract, _ = step_lib.abstract_state(
+      loading.build_model(config), optim_lib.make_optimizer(config), spec,
+      jax.random.key(config.train.seed), mesh, sharding.rules(config))
+  ckpt = checkpoints.Checkpointer(workdir, config)
+  state, step = ckpt.restore_latest(abstract)
+  ckpt.close()
+  assert step == STEP
+  assert runner.maybe_evaluate(config, state.params, STEP - 1, workdir) is None  # not due
+  assert runner.maybe_evaluate(config, state.params, STEP, workdir) is not None
+
+
+@pytest.fixture(scope='session')
+def run_dir(tmp_path_factory):
+  """A tiny run trained for STEP steps that evaluated at STEP; its record moved aside to
+  eval/STEP.training.json so that the command's own record can be compared with it."""
+  workdir = str(tmp_path_factory.mktemp('eval_run') / 'run')
+  proc = subprocess.run(
+      [sys.executable, '-m', 'dvlm_jax.train', '--config', TINY, '--workdir', workdir,
+       f'--config.train.steps={STEP}', f'--config.checkpoint.every={STEP}',
+       '--config.model.core_layers=1', f'--config.eval.every={STEP}'] + EVAL_FLAGS,
+      capture_output=True, text=True, cwd=ROOT, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  record = os.path.join(workdir, 'eval', f'{STEP}.json')
+  if not os.path.exists(record):
+    _training_time_evaluation(workdir)
+  os.replace(record, os.path.join(workdir, 'eval', f'{STEP}.training.json'))
+  return workdir
+
+
+def _record(workdir, name):
+  with open(os.path.join(workdir, 'eval', name)) as f:
+    return json.load(f)
+
+
+def test_every_evaluator_reports_its_metrics(run_dir):
+  record = _record(run_dir, f'{STEP}.training.json')
+  metrics, chance = record['metrics'], record['chance']
+  assert record['step'] == STEP and set(record['seconds']) == set(evaluation.EVALUATORS)
+  # TextPerplexity: an (almost) untrained LM is near the uniform guess, and consistent.
+  for kind in ('loss', 'caption_loss'):
+    assert 0.5 * chance[f'text/{kind}'] < metrics[f'text/{kind}'] < 2 * chance[f'text/{kind}']
+    assert np.isclose(metrics[f'text/{kind.replace("loss", "perplexity")}'],
+                      np.exp(metrics[f'text/{kind}']))
+  # MaskedPatchPSNR: per scale of the tiny model (2 scales), PSNR and MSE agree.
+  for k in (1, 2):
+    psnr, mse = metrics[f'recon/psnr/scale_{k}'], metrics[f'recon/mse/scale_{k}']
+    assert 0 < psnr < 60 and 0 < mse < 1 and f'recon/psnr/scale_{k}' in chance
+  assert 'recon/psnr/scale_3' not in metrics
+  # ShapesEval: accuracies in [0, 1] with a chance level next to each.
+  for probe in ('caption', 'generation'):
+    for name in shapes_eval.ATTRIBUTES + ('count', 'scene'):
+      assert 0 <= metrics[f'shapes/{probe}/{name}'] <= 1
+      assert 0 <= chance[f'shapes/{probe}/{name}'] <= 1
+  assert 0 <= metrics['shapes/caption/unparseable'] <= 1
+  for name in ('glyph', 'kind', 'colour', 'both', 'unparseable'):
+    assert 0 <= metrics[f'shapes/glyphs/{name}'] <= 1
+  assert chance['shapes/glyphs/glyph'] == 1 / 36
+  # InpaintingError: pixels outside the mask are untouched.
+  assert metrics['inpaint/outside_changed'] == 0
+  assert 0 < metrics['inpaint/psnr'] < 60 and 0 <= metrics['inpaint/shape_recovered'] <= 1
+
+
+def test_command_reproduces_the_training_time_numbers(run_dir):
+  # Another process, parameters restored from the checkpoint onto one device.
+  proc = subprocess.run([sys.executable, '-m', 'dvlm_jax.eval', '--workdir', run_dir,
+                         '--step', str(STEP)], capture_output=True, text=True, cwd=ROOT,
+                        timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  out = proc.stdout
+  record = _record(run_dir, f'{STEP}.json')
+  training = _record(run_dir, f'{STEP}.training.json')
+  assert record['metrics'] == training['metrics']
+  assert record['chance'] == training['chance']
+  assert 'shapes/caption/kind' in out and 'chance' in out.splitlines()[1]
+  for name, path in record['grids'].items():
+    assert os.path.isfile(path) and path.endswith('.png'), name
+    assert f'grid  {path}' in out
+  assert {os.path.basename(p) for p in record['grids'].values()} >= {
+      'shapes_generation.png', 'shapes_captions.png', 'shapes_glyphs.png',
+      'masked_patch_psnr_scales.png', 'inpainting_cells.png'}
+  tensorboard = os.path.join(run_dir, 'tensorboard')
+  events = b''.join(open(os.path.join(tensorboard, f), 'rb').read() for f in os.listdir(tensorboard))
+  assert b'eval/shapes/caption/kind' in events and b'eval/recon/psnr/scale_2' in events
+
+
+def test_command_rejects_model_overrides_and_missing_steps(run_dir, capsys):
+  from dvlm_jax import eval as eval_cli
+  assert eval_cli.main(['--workdir', run_dir, '--config.model.core_layers=3']) == 2
+  assert 'only eval.* keys' in capsys.readouterr().err
+  assert eval_cli.main(['--workdir', run_dir, '--step', '7']) == 2
+  assert 'no checkpoint of step 7' in capsys.readouterr().err
+  assert eval_cli.main(['--workdir', run_dir, '--ema']) == 2   # the run kept no EMA
+  assert "no 'ema'" in capsys.readouterr().err

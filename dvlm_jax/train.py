@@ -20,6 +20,7 @@ import numpy as np
 from dvlm_jax import config as cfg_lib
 from dvlm_jax import distributed, sharding
 from dvlm_jax.data import decode, layout, pipeline
+from dvlm_jax.evaluation import runner as eval_runner
 from dvlm_jax.model.dvlm import DreamVLM
 from dvlm_jax.model.layers import ModelConfig
 from dvlm_jax.training import checkpoints, flops, losses, metrics as metrics_lib
@@ -49,6 +50,15 @@ def write_run_info(workdir: str, config, mesh) -> None:
     f.write(cfg_lib.json.dumps({
         'axes': dict(mesh.shape), 'processes': jax.process_count(),
         'devices': [str(d) for d in mesh.devices.flat]}, indent=2))
+
+
+def print_eval_summary(workdir: str, step: int) -> None:
+  """The final evaluation as a table (metric, value, chance) and where its pictures are."""
+  with open(eval_runner.record_path(workdir, step)) as f:
+    record = cfg_lib.json.load(f)
+  print(eval_runner.summary_table(record['metrics'], record['chance']))
+  for path in record['grids'].values():
+    print(f'  grid: {path}')
 
 
 def train(config, workdir: str) -> dict[str, float]:
@@ -115,6 +125,9 @@ def train(config, workdir: str) -> dict[str, float]:
             f'skipped, so the last checkpoint ({ckpt.manager.latest_step()}) is intact.')
     if step % config.checkpoint.every == 0 or step == config.train.steps:
       ckpt.save(step, state, data)
+    evaluated = eval_runner.maybe_evaluate(config, state.params, step, workdir)  # every process
+    if evaluated is not None and step == config.train.steps and main_process:
+      print_eval_summary(workdir, step)
     if preemption.reached(step):
       ckpt.save(step, state, data, force=True)
       ckpt.wait()

@@ -22,6 +22,7 @@ def get_config(arg=None):
   c.optim.warmup_steps = 10
   c.train.steps = 50
   c.train.log_every = 10
+  c.eval.at_end = False          # tests evaluate explicitly; keeps every tiny run fast
   if arg:
     cfg_lib.apply_ablation(c, arg)
   return c

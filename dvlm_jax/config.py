@@ -202,13 +202,30 @@ def load(spec: str, overrides: Sequence[str] = ()) -> ConfigDict:
   if not hasattr(module, 'get_config'):
     raise ConfigError(f'--config: {path} defines no get_config(arg)')
   config = module.get_config(arg or None)
+  apply_overrides(config, overrides)
+  return config
+
+
+def split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+  """(other arguments, overrides): `--config.a.b=v` items come back as 'a.b=v'."""
+  overrides = [a[len('--config.'):] for a in argv if a.startswith('--config.')]
+  return [a for a in argv if not a.startswith('--config.')], overrides
+
+
+def apply_overrides(config: ConfigDict, overrides: Sequence[str], *, only: str = '') -> None:
+  """Applies 'a.b=value' items (typed like the existing values), then validates.
+
+  `only`: a key prefix the overrides must have (e.g. 'eval.' when evaluating a run,
+  whose model and data are fixed).
+  """
   for item in overrides:
     key, sep, value = item.partition('=')
     if not sep:
       raise ConfigError(f'override {item!r} must look like key=value')
+    if only and not key.startswith(only):
+      raise ConfigError(f'--config.{key}: only {only}* keys can be changed here')
     set_key(config, key, value)
   validate(config)
-  return config
 
 
 def set_key(config: ConfigDict, dotted: str, text: str) -> None:

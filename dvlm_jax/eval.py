@@ -24,27 +24,13 @@ from dvlm_jax import config as cfg_lib
 
 
 def parse_args(argv):
-  overrides = [a[len('--config.'):] for a in argv if a.startswith('--config.')]
-  rest = [a for a in argv if not a.startswith('--config.')]
+  rest, overrides = cfg_lib.split_overrides(argv)
   parser = argparse.ArgumentParser(prog='python -m dvlm_jax.eval', description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--workdir', required=True, help='run directory of python -m dvlm_jax.train')
   parser.add_argument('--step', type=int, default=None, help='checkpoint step (default: newest)')
   parser.add_argument('--ema', action='store_true', help='evaluate the EMA parameters')
   return parser.parse_args(rest), overrides
-
-
-def apply_overrides(config, overrides) -> None:
-  """`eval.KEY=VALUE` items onto the run's config, typed like the existing values."""
-  for item in overrides:
-    key, sep, value = item.partition('=')
-    if not sep:
-      raise cfg_lib.ConfigError(f'override {item!r} must look like key=value')
-    if not key.startswith('eval.'):
-      raise cfg_lib.ConfigError(f"--config.{key}: only eval.* keys can be changed when "
-                                'evaluating (the model and data are those of the run)')
-    cfg_lib.set_key(config, key, value)
-  cfg_lib.validate(config)
 
 
 def main(argv=None) -> int:
@@ -54,7 +40,8 @@ def main(argv=None) -> int:
   from dvlm_jax.inference.api import VLM
   try:
     vlm = VLM.from_workdir(args.workdir, step=args.step, ema=args.ema)
-    apply_overrides(vlm.config, overrides)
+    # The model and data are those of the run: only eval.* may change.
+    cfg_lib.apply_overrides(vlm.config, overrides, only='eval.')
   except (FileNotFoundError, ValueError) as e:   # ConfigError is a ValueError
     print(f'error: {e}', file=sys.stderr)
     return 2

@@ -34,8 +34,7 @@ class NonFiniteError(RuntimeError):
 
 def parse_args(argv):
   """--config PATH[:ARG], --workdir DIR, and any number of --config.KEY=VALUE overrides."""
-  overrides = [a[len('--config.'):] for a in argv if a.startswith('--config.')]
-  rest = [a for a in argv if not a.startswith('--config.')]
+  rest, overrides = cfg_lib.split_overrides(argv)
   parser = argparse.ArgumentParser(prog='python -m dvlm_jax.train', description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--config', required=True, help='experiments/NAME.py[:arg]')

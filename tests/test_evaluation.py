@@ -269,7 +269,7 @@ def test_command_reproduces_the_training_time_numbers(run_dir):
 def test_command_rejects_model_overrides_and_missing_steps(run_dir, capsys):
   from dvlm_jax import eval as eval_cli
   assert eval_cli.main(['--workdir', run_dir, '--config.model.core_layers=3']) == 2
-  assert 'only eval.* keys' in capsys.readouterr().err
+  assert 'only eval.* keys can be changed' in capsys.readouterr().err
   assert eval_cli.main(['--workdir', run_dir, '--step', '7']) == 2
   assert 'no checkpoint of step 7' in capsys.readouterr().err
   assert eval_cli.main(['--workdir', run_dir, '--ema']) == 2   # the run kept no EMA

@@ -1,0 +1,15 @@
+"""Inference from a restored checkpoint: text, understanding, generation, inpainting.
+
+  from dvlm_jax.inference import VLM
+  vlm = VLM.from_workdir('runs/small')
+
+Modules: loading (workdir -> config, model, params), sequence (inference rows laid out by
+the training layout), text (KV-cache decoding), images (next-scale generation,
+self-correction, inpainting, reconstruction), api (the VLM class). See docs/inference.md.
+"""
+
+from dvlm_jax.inference.api import VLM
+from dvlm_jax.inference.images import GeneratedImage, GenerationOptions
+from dvlm_jax.inference.loading import Loaded, load
+
+__all__ = ['VLM', 'GeneratedImage', 'GenerationOptions', 'Loaded', 'load']

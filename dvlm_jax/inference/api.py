@@ -1,0 +1,140 @@
+"""The Python API of a trained dream VLM: text, understanding, generation, inpainting.
+
+  vlm = VLM.from_workdir('runs/small')                 # or VLM.from_params(config, params)
+  vlm.generate_text(['a red circle'], max_new_tokens=32)
+  vlm.describe([image], questions=['what colour is it?'], mode='surprisal')
+  out = vlm.generate_images(['a red circle above a blue square'], cfg_scale=3.0)
+  vlm.inpaint([image], [mask], prompts=['a green star'])
+  vlm.reconstruct([image], mask_ratio=0.5)
+
+Every method takes lists and runs them as one batch (one compiled program per shape).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import numpy as np
+
+from dvlm_jax.data import builtin, layout, sentencepiece_tokenizer
+from dvlm_jax.inference import images as images_lib
+from dvlm_jax.inference import loading, sequence, text as text_lib
+from dvlm_jax.inference.images import GeneratedImage, GenerationOptions
+
+__all__ = ['VLM', 'GeneratedImage']
+
+MODES = ('clean', 'surprisal')
+
+
+def load_tokenizer(config):
+  """config.data.tokenizer ('byte' or a SentencePiece file), checked against the model."""
+  tokenizer = sentencepiece_tokenizer.load(str(config.data.tokenizer))
+  if tokenizer.vocab_size > int(config.model.vocab_size):
+    raise ValueError(f'tokenizer has {tokenizer.vocab_size} ids, more than '
+                     f'model.vocab_size={config.model.vocab_size}')
+  return tokenizer
+
+
+class VLM:
+  """A model and its parameters, with batched inference methods."""
+
+  def __init__(self, config, model, params, step: int = 0):
+    self.config = config
+    self.model = model
+    self.params = params
+    self.step = int(step)
+    self.tokenizer = load_tokenizer(config)
+    self.layout = layout.LayoutConfig.from_config(config)
+    self._text = text_lib.TextDecoder(model, self.layout, self.tokenizer)
+    self._images = images_lib.ImageGenerator(model, config, self.tokenizer)
+
+  @classmethod
+  def from_workdir(cls, workdir: str, step: int | None = None, ema: bool = False) -> 'VLM':
+    """The newest (or `step`'s) checkpoint of a run directory; `ema` for the EMA params."""
+    loaded = loading.load(workdir, step=step, ema=ema)
+    return cls(loaded.config, loaded.model, loaded.params, loaded.step)
+
+  @classmethod
+  def from_params(cls, config, params, step: int = 0) -> 'VLM':
+    """Wraps live parameters (evaluation during training)."""
+    return cls(config, loading.build_model(config), params, step)
+
+  # ----------------------------------------------------------------------------- text
+  def generate_text(self, prompts: list[str], max_new_tokens: int = 64, temperature: float = 0.0,
+                    top_k: int = 0, top_p: float = 1.0, seed: int = 0) -> list[str]:
+    """Continues each prompt (a document `<BOS> prompt`) until `<EOS>` or max_new_tokens."""
+    _check_texts(prompts, 'prompts')
+    sampling = text_lib.Sampling(temperature, top_k, top_p, seed)
+    return self._text.decode(self.params, [[p] for p in prompts], max_new_tokens, sampling).texts
+
+  def describe(self, images: list[np.ndarray], questions: list[str] | None = None,
+               mode: str = 'clean', max_new_tokens: int = 64, seed: int = 0,
+               mask_ratio: float | tuple[float, float] = (0.25, 0.75), **sampling) -> list[str]:
+    """Text after each image (a caption), or after the image and its question (an answer).
+
+    mode 'clean': every M_k unmasked. 'surprisal' (the seed): M_k masked at a ratio drawn
+    per scale from `mask_ratio` (a float or a (min, max) range; masks seeded by `seed`),
+    U_k unmasked, so the model states what it expects and then sees what is there.
+    `sampling`: temperature, top_k, top_p (greedy by default).
+    """
+    if mode not in MODES:
+      raise ValueError(f'mode must be one of {MODES}, got {mode!r}')
+    if questions is not None and len(questions) != len(images):
+      raise ValueError(f'{len(images)} images but {len(questions)} questions')
+    if questions is not None:
+      _check_texts(questions, 'questions')
+    docs = []
+    for i, image in enumerate(images):
+      masks = None if mode == 'clean' else self._surprisal_masks(mask_ratio, seed, i)
+      doc = [sequence.image_item(image, self.layout, masks)]
+      if questions is not None and questions[i]:
+        doc.append(questions[i])
+      docs.append(doc)
+    options = text_lib.Sampling(seed=seed, **sampling)
+    return self._text.decode(self.params, docs, max_new_tokens, options).texts
+
+  def _surprisal_masks(self, mask_ratio, seed: int, index: int) -> list[np.ndarray]:
+    if not self.model.cfg.mask_token:
+      raise ValueError("surprisal mode needs mask tokens; this model was trained without "
+                       "(image.targets='next_patch')")
+    low, high = (mask_ratio, mask_ratio) if np.isscalar(mask_ratio) else mask_ratio
+    # The training layout's own mask drawing, with every image partially masked.
+    draw_cfg = dataclasses.replace(self.layout, share_unmasked=0.0, share_fully_masked=0.0,
+                                   mask_ratio_min=float(low), mask_ratio_max=float(high))
+    return layout.draw_masks(draw_cfg, np.random.default_rng([seed, index]))
+
+  # --------------------------------------------------------------------------- images
+  def generate_images(self, prompts: list[str], cfg_scale: float = 3.0,
+                      cfg_schedule: str = 'constant', steps: int | None = None,
+                      temperature: float = 1.0, seed: int = 0, self_correct: bool = False,
+                      threshold: float = 0.5, max_tries: int = 3) -> list[GeneratedImage]:
+    """One image per prompt, next-scale, from `'draw: ' + prompt` (the training layout)."""
+    _check_texts(prompts, 'prompts')
+    opts = GenerationOptions(cfg_scale, cfg_schedule, steps, temperature, seed, self_correct,
+                             threshold, max_tries)
+    return self._images.text_to_image(self.params, prompts, opts, builtin.GENERATION_PROMPT)
+
+  def inpaint(self, images: list[np.ndarray], masks: list[np.ndarray],
+              prompts: list[str] | None = None, **options) -> list[np.ndarray]:
+    """Regenerates the pixels where mask is True (any size; [H, W] bool per image).
+
+    Unmasked pixels of the result are the input's, bit for bit. `options`: those of
+    generate_images (cfg_scale, cfg_schedule, steps, temperature, seed, self_correct,
+    threshold, max_tries); guidance needs prompts (the unconditional row drops them).
+    """
+    if prompts is not None:
+      _check_texts(prompts, 'prompts')
+    out, _ = self._images.inpaint(self.params, images, masks, prompts,
+                                  GenerationOptions(**options), builtin.GENERATION_PROMPT)
+    return out
+
+  def reconstruct(self, images: list[np.ndarray], mask_ratio: float = 0.5,
+                  seed: int = 0) -> list[dict]:
+    """Masked reconstruction by the imun head (see ImageGenerator.reconstruct)."""
+    return self._images.reconstruct(self.params, images, mask_ratio, seed)
+
+
+def _check_texts(texts: Sequence, name: str) -> None:
+  if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
+    raise ValueError(f'{name} must be a list of strings')

@@ -1,0 +1,425 @@
+"""Next-scale image generation, self-correction, inpainting and masked reconstruction.
+
+Generation document (what training's generation documents look like, caption first):
+
+  <BOS> draw: CAPTION <IMG> <scale_1> M_1 U_1 <scale_2> M_2 U_2 ... <scale_K> M_K U_K <IMG_END>
+
+laid out whole by the training layout (`sequence.blank_image`: every M_k 100 % masked,
+U_k zero until sampled). K + 1 forward passes over a KV cache (`ImageSlots.passes`):
+
+  pass 0   prompt <IMG> <scale_1> M_1          -> conditions of scale 1
+  pass k   U_k <scale_{k+1}> M_{k+1}           -> scale k's sample goes in, scale k+1's
+                                                  conditions come out, in one pass
+  pass K   U_K <IMG_END>                       -> the cache holds the whole image
+
+After a pass, the diffusion head samples every patch of the scale at once from
+`imgen_cond` at the *predicting* positions (patch j from position j - target_shift, as
+`layout.image_targets` places training targets), and the sample becomes U_k.
+
+Classifier-free guidance: the unconditional row is the same document without its text
+(`<BOS> <IMG> ...`, exactly what caption dropout trains), in the same batch; both rows
+receive the same (guided) sample, and the head's prediction is u + g (c - u) with g per
+scale (constant, or linear from 1 at the coarsest to `cfg_scale` at the finest).
+
+Self-correction: the imun head's prediction at M_k (made before U_k exists) is compared
+with the sample: surprise_k = mean squared difference, against the per-patch normalised
+sample when the imun target is normalised. Above the threshold, only the diffusion head
+runs again on the same cached conditions with new noise, up to `max_tries` samples; the
+least surprising one is kept.
+
+Single-copy layouts (dual_copy=False) have no U_k: the sample replaces M_k's mask tokens
+and M_k is fed again (the seed's "swap the mask tokens for the image"), so pass k starts
+at M_k instead of U_k; the cache rows of M_k are overwritten.
+
+`reference=True` recomputes the whole prefix with a full, cache-free forward pass at every
+scale instead (the slow path the tests compare the K + 1 passes against).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from PIL import Image
+
+from dvlm_jax.data import layout
+from dvlm_jax.data import tokenizer as tok
+from dvlm_jax.inference import sequence
+from dvlm_jax.inference import text as text_lib
+from dvlm_jax.inference.text import empty_cache
+from dvlm_jax.model.diffusion import DiffusionObjective
+from dvlm_jax.model.dvlm import DreamVLM
+from dvlm_jax.training import losses
+
+PREFIX_QUANTUM = 16     # text before the image is padded to a multiple of this (fewer shapes)
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerationOptions:
+  cfg_scale: float = 3.0
+  cfg_schedule: str = 'constant'     # constant | linear (1 at the coarsest scale -> cfg_scale)
+  steps: int | None = None           # diffusion steps; None = config.diffusion.sample_steps
+  temperature: float = 1.0           # scales the starting noise
+  seed: int = 0
+  self_correct: bool = False
+  threshold: float = 0.5
+  max_tries: int = 3
+
+  def __post_init__(self):
+    if self.cfg_schedule not in ('constant', 'linear'):
+      raise ValueError(f"cfg_schedule: 'constant' | 'linear', got {self.cfg_schedule!r}")
+    if self.steps is not None and self.steps < 1:
+      raise ValueError(f'steps must be >= 1, got {self.steps}')
+    if self.temperature < 0:
+      raise ValueError(f'temperature must be >= 0, got {self.temperature}')
+    if self.max_tries < 1:
+      raise ValueError(f'max_tries must be >= 1, got {self.max_tries}')
+
+  def guidance(self, k: int, num_scales: int) -> float:
+    """Guidance scale of scale k (0-based)."""
+    if self.cfg_schedule == 'constant' or num_scales == 1:
+      return float(self.cfg_scale)
+    return 1.0 + (self.cfg_scale - 1.0) * k / (num_scales - 1)
+
+  def guided(self, num_scales: int) -> bool:
+    """Whether any scale needs the unconditional rows (g = 1 is the conditional alone)."""
+    return any(self.guidance(k, num_scales) != 1.0 for k in range(num_scales))
+
+
+@dataclasses.dataclass
+class GeneratedImage:
+  image: np.ndarray              # uint8 [S, S, 3], the finest scale
+  scales: list[np.ndarray]       # uint8 image of every scale, coarse to fine
+  surprise: list[float]          # per scale, of the kept sample (nan without an imun head)
+  tries: list[int]               # samples drawn per scale
+  patches: list[np.ndarray] = dataclasses.field(default_factory=list)
+  # per scale the float samples [s*s, patch_dim] in [-1, 1], exactly what the model saw
+
+
+@dataclasses.dataclass(frozen=True)
+class Canvas:
+  """What one row samples: per scale the known pixels [n, P] and where to sample (bool [n]).
+  Generation samples everything; inpainting only the masked patches."""
+  given: tuple[np.ndarray, ...]
+  sample: tuple[np.ndarray, ...]
+
+
+def to_uint8(patches: np.ndarray, patch_size: int) -> np.ndarray:
+  """[s*s, P] pixels in [-1, 1] -> uint8 image [s*p, s*p, 3]."""
+  pixels = layout.unpatchify(np.asarray(patches, np.float32), patch_size)
+  return np.clip(np.rint((pixels + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+
+def patch_masks(mask: np.ndarray, cfg: layout.LayoutConfig) -> list[np.ndarray]:
+  """Pixel mask [H, W] -> per scale bool [s*s]: a patch is masked if any pixel it covers
+  (after the image is squashed to the square scale grid) is masked."""
+  mask = np.asarray(mask, bool)
+  h, w = mask.shape
+  integral = np.zeros((h + 1, w + 1), np.int64)
+  integral[1:, 1:] = np.cumsum(np.cumsum(mask, axis=0), axis=1)
+  out = []
+  for s in cfg.scales:
+    y0 = np.floor(np.arange(s) * h / s).astype(int)
+    y1 = np.ceil((np.arange(s) + 1) * h / s).astype(int)
+    x0 = np.floor(np.arange(s) * w / s).astype(int)
+    x1 = np.ceil((np.arange(s) + 1) * w / s).astype(int)
+    count = (integral[y1][:, x1] - integral[y0][:, x1] - integral[y1][:, x0]
+             + integral[y0][:, x0])
+    out.append((count > 0).reshape(-1))
+  return out
+
+
+# ----------------------------------------------------------------------- jitted pieces
+
+# Module-level programs with the (hashable) model static: every generator of an equal
+# model shares them, e.g. evaluation building a new VLM from live params at every eval.
+
+def _select(out, pred_at: int, size: int):
+  """Diffusion conditions and imun predictions at one scale's predicting positions."""
+  cond = jax.lax.dynamic_slice_in_dim(out['imgen_cond'], pred_at, size, axis=1)
+  pred = (jax.lax.dynamic_slice_in_dim(out['patch_pred'], pred_at, size, axis=1)
+          if 'patch_pred' in out else None)
+  return cond, pred
+
+
+@functools.partial(jax.jit, static_argnames=('model', 'start', 'n', 'pred_at', 'size'),
+                   donate_argnames=('cache',))
+def _chunk(params, cache, batch, *, model: DreamVLM, start: int, n: int, pred_at: int,
+           size: int):
+  """One cached pass over [start, start + n) (cache None: a new one, for pass 0); returns
+  the conditions and imun predictions at the next scale's predicting positions, and the cache."""
+  if cache is None:
+    cache = empty_cache(model, batch)
+  out, state = model.apply({'params': params, 'cache': cache}, batch, chunk=(start, n),
+                           mutable=['cache'])
+  if size == 0:
+    return None, None, state['cache']
+  cond, pred = _select(out, pred_at - start, size)
+  return cond, pred, state['cache']
+
+
+@functools.partial(jax.jit, static_argnames=('model', 'pred_at', 'size'))
+def _full(params, batch, *, model: DreamVLM, pred_at: int, size: int):
+  """The slow reference: the whole row through the model, no cache."""
+  return _select(model.apply({'params': params}, batch), pred_at, size)
+
+
+@functools.partial(jax.jit, static_argnames=('model', 'objective', 'norm_pix', 'steps',
+                                             'guided'))
+def _draw(params, cond, pred, given, where, key, guidance, temperature, *, model: DreamVLM,
+          objective: DiffusionObjective, norm_pix: bool, steps: int, guided: bool):
+  """One sample of a scale for every image, and its surprise.
+
+  cond [R, n, D] (R = 2B with guidance: conditional rows, then unconditional rows),
+  pred [B, n, P] imun predictions or None, given [B, n, P] / where [B, n]: known pixels
+  and what to sample. Noise comes from one key per image (fold_in of its row index), so
+  an image's sample does not depend on the batch it is in. Returns ([B, n, P], [B]).
+  """
+  b = given.shape[0]
+  pairs = jnp.stack([cond[:b], cond[b:]], axis=1) if guided else cond[:b, None]
+  keys = jax.vmap(lambda r: jax.random.fold_in(key, r))(jnp.arange(b))
+
+  def one(c, k):
+    def denoise(x, t):
+      xx = jnp.broadcast_to(x, (c.shape[0],) + x.shape)
+      tt = jnp.broadcast_to(t, (c.shape[0],) + t.shape)
+      out = model.apply({'params': params}, xx, tt, c, method=DreamVLM.denoise)
+      return out[1] + guidance * (out[0] - out[1]) if guided else out[0]
+    return objective.sample(denoise, (c.shape[1], model.cfg.patch_dim), k, temperature, steps)
+
+  x = jax.vmap(one)(pairs, keys)
+  x = jnp.where(where[..., None], jnp.clip(x, -1.0, 1.0), given)
+  if pred is None:
+    return x, jnp.full((b,), jnp.nan, jnp.float32)
+  target = losses.normalize_patches(x) if norm_pix else x
+  err = jnp.mean(jnp.square(pred - target), axis=-1)
+  w = where.astype(jnp.float32)
+  return x, jnp.sum(err * w, axis=-1) / jnp.maximum(jnp.sum(w, axis=-1), 1.0)
+
+
+@functools.partial(jax.jit, static_argnames=('model',))
+def _patch_pred(params, batch, *, model: DreamVLM):
+  return model.apply({'params': params}, batch)['patch_pred']
+
+
+# ------------------------------------------------------------------------- generation
+
+class ImageGenerator:
+  """Batched next-scale generation and reconstruction for one model."""
+
+  def __init__(self, model: DreamVLM, config, tokenizer):
+    self.model = model
+    self.config = config
+    self.cfg = layout.LayoutConfig.from_config(config)
+    self.tokenizer = tokenizer
+    self.objective = DiffusionObjective.from_config(config)
+    self.norm_pix = bool(config.model.imun_norm_pix)
+
+  # -- checks
+  def _check_can_generate(self, opts: GenerationOptions):
+    if not self.model.cfg.diffusion_head:
+      raise ValueError('this model has no diffusion head (model.diffusion_head=False): it '
+                       'cannot generate images')
+    if self.cfg.image_targets != 'masked':
+      raise ValueError("image.targets='next_patch' (the Janus-like baseline) generates patch by "
+                       'patch; next-scale generation needs masked targets and mask tokens')
+    if opts.self_correct and not self.model.cfg.imun_head:
+      raise ValueError('self_correct needs the imun head (model.imun_head=True): surprise is '
+                       "the imun prediction at M_k against the sample")
+
+  # -- rows
+  def _rows(self, documents: Sequence[Sequence]) -> dict[str, np.ndarray]:
+    """Each document ends with the image to sample; rows aligned on its <IMG>."""
+    docs = [sequence.encode(d, self.cfg, self.tokenizer) for d in documents]
+    starts = [int(np.flatnonzero(d['tokens'] == tok.IMG)[-1]) for d in docs]
+    anchor = sequence.bucket(max(starts), PREFIX_QUANTUM)
+    return sequence.place(docs, self.cfg, anchor + self.cfg.image_tokens, starts, anchor)
+
+  def generate(self, params, documents: Sequence[Sequence], canvases: Sequence[Canvas],
+               opts: GenerationOptions, unconditional: Sequence[Sequence] | None = None,
+               reference: bool = False) -> list[GeneratedImage]:
+    """Samples the last image of every document (an ImageItem whose M_k masks mark what
+    to sample, matching `canvases`); `unconditional` documents for guidance, row by row."""
+    self._check_can_generate(opts)
+    b = len(documents)
+    if b == 0:
+      return []
+    if len(canvases) != b or (unconditional is not None and len(unconditional) != b):
+      raise ValueError('one canvas (and unconditional document) per document')
+    padded = text_lib.row_bucket(b)   # padding rows repeat the last image, results dropped
+    documents, canvases = text_lib.pad_rows(documents, padded), text_lib.pad_rows(canvases, padded)
+    num_scales = len(self.cfg.scales)
+    guided = unconditional is not None and opts.guided(num_scales)
+    copies = 2 if guided else 1
+    batch = self._rows(documents + (text_lib.pad_rows(unconditional, padded) if guided else []))
+    slots = sequence.image_slots(batch, self.cfg.target_shift)
+    steps = opts.steps or self.objective.sample_steps
+    for k in range(num_scales):   # nothing to be sampled is visible before it is sampled
+      at = slice(slots.fed(k), slots.fed(k) + slots.sizes[k])
+      todo = np.stack([c.sample[k] for c in canvases] * copies)
+      batch['patches'][:, at] = np.where(todo[..., None], 0.0, batch['patches'][:, at])
+
+    base = jax.random.key(opts.seed)
+    passes = slots.passes()
+    cache = None
+    scales, surprises, tries = [], [], []
+    for k in range(num_scales):
+      pred_at, size = slots.predicting(k), slots.sizes[k]
+      if reference:
+        cond, pred = _full(params, batch, model=self.model, pred_at=pred_at, size=size)
+      else:
+        start, n = passes[k]
+        cond, pred, cache = _chunk(params, cache, batch, model=self.model, start=start, n=n,
+                                   pred_at=pred_at, size=size)
+      x, s, t = self._sample_scale(
+          params, cond, None if pred is None else pred[:padded],
+          np.stack([c.given[k] for c in canvases]), np.stack([c.sample[k] for c in canvases]),
+          jax.random.fold_in(base, k), opts.guidance(k, num_scales), guided, steps, opts)
+      at = slice(slots.fed(k), slots.fed(k) + size)
+      batch['patches'][:, at] = np.concatenate([x] * copies)
+      if not self.cfg.dual_copy:   # single copy: the sample replaces the mask tokens
+        batch['is_masked'][:, at] = False
+      scales.append(x[:b])
+      surprises.append(s[:b])
+      tries.append(t[:b])
+    if not reference:   # pass K: U_K <IMG_END>, the cache then holds the whole image
+      start, n = passes[-1]
+      _chunk(params, cache, batch, model=self.model, start=start, n=n, pred_at=0, size=0)
+    out = []
+    for r in range(b):
+      images = [to_uint8(x[r], self.cfg.patch_size) for x in scales]
+      out.append(GeneratedImage(images[-1], images, [float(s[r]) for s in surprises],
+                                [int(t[r]) for t in tries], [x[r] for x in scales]))
+    return out
+
+  def _sample_scale(self, params, cond, pred, given, where, key, guidance, guided, steps, opts):
+    """One scale's sample [B, n, P] (with self-correction), its surprise [B] and tries [B].
+
+    Try t draws with fold_in(key, t): try 0 is the sample without self-correction. A row
+    draws again while its latest try is above the threshold (and tries are left), and
+    keeps its least surprising sample.
+    """
+    def draw(t):
+      x, s = _draw(params, cond, pred, given, where, jax.random.fold_in(key, t),
+                   jnp.float32(guidance), jnp.float32(opts.temperature), model=self.model,
+                   objective=self.objective, norm_pix=self.norm_pix, steps=steps, guided=guided)
+      return np.asarray(x), np.asarray(s)
+
+    best, best_s = draw(0)
+    has_work = where.any(axis=-1)
+    tries = has_work.astype(np.int32)
+    if not opts.self_correct:
+      return best, best_s, tries
+    active = has_work & (best_s > opts.threshold)
+    for t in range(1, opts.max_tries):
+      if not active.any():
+        break
+      x, s = draw(t)
+      tries += active
+      better = active & (s < best_s)
+      best = np.where(better[:, None, None], x, best)
+      best_s = np.where(better, s, best_s)
+      active &= s > opts.threshold
+    return best, best_s, tries
+
+  # -- public entry points
+  def text_to_image(self, params, prompts: Sequence[str], opts: GenerationOptions,
+                    prefix: str, reference: bool = False) -> list[GeneratedImage]:
+    blank = sequence.blank_image(self.cfg)
+    docs = [[prefix + p, blank] for p in prompts]
+    canvas = Canvas(blank.patches, blank.masks)
+    return self.generate(params, docs, [canvas] * len(docs), opts,
+                         unconditional=[[blank]] * len(docs), reference=reference)
+
+  def inpaint(self, params, images: Sequence[np.ndarray], masks: Sequence[np.ndarray],
+              prompts: Sequence[str] | None, opts: GenerationOptions, prefix: str,
+              reference: bool = False) -> tuple[list[np.ndarray], list[GeneratedImage]]:
+    """Regenerates the masked pixels; every unmasked pixel of the result is the input's."""
+    if len(masks) != len(images) or (prompts is not None and len(prompts) != len(images)):
+      raise ValueError(f'inpaint: {len(images)} images, {len(masks)} masks, '
+                       f'{"no" if prompts is None else len(prompts)} prompts')
+    rgbs, pixel_masks, items = [], [], []
+    for i, (image, mask) in enumerate(zip(images, masks)):
+      rgb = layout.to_rgb(image)
+      mask = np.asarray(mask)
+      if mask.ndim == 3 and mask.shape[-1] == 1:
+        mask = mask[..., 0]
+      if mask.shape != rgb.shape[:2]:
+        raise ValueError(f'inpaint: mask {i} has shape {mask.shape}, its image is '
+                         f'{rgb.shape[:2]}: they must match pixel for pixel')
+      mask = mask.astype(bool)
+      rgbs.append(rgb)
+      pixel_masks.append(mask)
+      items.append(sequence.image_item(rgb, self.cfg, patch_masks(mask, self.cfg)))
+    canvases = [Canvas(it.patches, it.masks) for it in items]
+    if prompts is None:
+      docs, uncond = [[it] for it in items], None
+    else:
+      docs, uncond = [[prefix + p, it] for p, it in zip(prompts, items)], [[it] for it in items]
+    generated = self.generate(params, docs, canvases, opts, unconditional=uncond,
+                              reference=reference)
+    out = []
+    for rgb, mask, g in zip(rgbs, pixel_masks, generated):
+      h, w = mask.shape
+      up = np.asarray(Image.fromarray(g.image).resize((w, h), Image.Resampling.BICUBIC))
+      result = rgb.copy()
+      result[mask] = up[mask]
+      out.append(result)
+    return out, generated
+
+  def reconstruct(self, params, images: Sequence[np.ndarray], mask_ratio: float,
+                  seed: int) -> list[dict]:
+    """Masked reconstruction by the imun head, per image and scale.
+
+    Per image a dict of per-scale lists: `masked` (input, masked patches grey),
+    `prediction` (visible patches + the imun prediction at masked ones; a normalised
+    prediction is shown with the true patch's mean and std), `target`, `mask` (bool
+    [s, s]), `mse` (imun loss on masked patches, in the head's target space) and `psnr`
+    (dB, pixels in [0, 1], masked patches; nan where nothing is masked).
+    """
+    if not self.model.cfg.imun_head:
+      raise ValueError('reconstruct needs the imun head (model.imun_head=True)')
+    if self.cfg.image_targets != 'masked':
+      raise ValueError("reconstruct needs masked image targets (image.targets='masked')")
+    if not 0.0 <= mask_ratio <= 1.0:
+      raise ValueError(f'mask_ratio must lie in [0, 1], got {mask_ratio}')
+    if not images:
+      return []
+    draw_cfg = dataclasses.replace(self.cfg, share_unmasked=0.0, share_fully_masked=0.0,
+                                   mask_ratio_min=mask_ratio, mask_ratio_max=mask_ratio)
+    items = [sequence.image_item(img, self.cfg,
+                                 layout.draw_masks(draw_cfg, np.random.default_rng([seed, i])))
+             for i, img in enumerate(images)]
+    docs = [sequence.encode([it], self.cfg, self.tokenizer)
+            for it in text_lib.pad_rows(items, text_lib.row_bucket(len(items)))]
+    length = sequence.bucket(len(docs[0]['tokens']), 64)
+    batch = sequence.place(docs, self.cfg, length, [0] * len(docs), 0)
+    slots = sequence.image_slots(batch, self.cfg.target_shift)
+    pred_all = np.asarray(_patch_pred(params, batch, model=self.model))
+    results = []
+    for r, it in enumerate(items):
+      res = {key: [] for key in ('masked', 'prediction', 'target', 'mask', 'mse', 'psnr')}
+      for k, s in enumerate(self.cfg.scales):
+        target, mask = it.patches[k], it.masks[k]
+        at = slots.predicting(k)
+        raw = pred_all[r, at:at + slots.sizes[k]]
+        norm = losses.normalize_patches(jnp.asarray(target)) if self.norm_pix else target
+        err = np.mean(np.square(raw - np.asarray(norm)), axis=-1)
+        if self.norm_pix:   # de-normalise with the true patch statistics, for display
+          mean = target.mean(-1, keepdims=True)
+          raw = raw * np.sqrt(target.var(-1, keepdims=True) + 1e-6) + mean
+        shown = np.where(mask[:, None], np.clip(raw, -1.0, 1.0), target)
+        mse01 = np.mean(np.square((shown - target) / 2.0)[mask]) if mask.any() else np.nan
+        res['masked'].append(to_uint8(np.where(mask[:, None], 0.0, target), self.cfg.patch_size))
+        res['prediction'].append(to_uint8(shown, self.cfg.patch_size))
+        res['target'].append(to_uint8(target, self.cfg.patch_size))
+        res['mask'].append(mask.reshape(s, s))
+        res['mse'].append(float(err[mask].mean()) if mask.any() else float('nan'))
+        res['psnr'].append(float(10 * np.log10(1.0 / max(mse01, 1e-12)))
+                           if mask.any() else float('nan'))
+      results.append(res)
+    return results

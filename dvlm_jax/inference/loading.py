@@ -1,0 +1,116 @@
+"""A trained model back from its run directory: config.json, the model, restored params.
+
+  loaded = load('runs/small')                 # newest checkpoint
+  loaded = load('runs/small', step=300, ema=True)
+
+Parameters are restored only through `checkpoints.restore_params`, onto one device
+(inference and evaluation on one accelerator or the CPU); nothing else of the train
+state (optimizer, data iterator) is read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+import flax.linen as nn
+import jax
+
+from dvlm_jax import config as cfg_lib
+from dvlm_jax.data import layout
+from dvlm_jax.model.dvlm import DreamVLM
+from dvlm_jax.model.layers import ModelConfig
+from dvlm_jax.training import checkpoints
+
+
+@dataclasses.dataclass(frozen=True)
+class Loaded:
+  config: cfg_lib.ConfigDict
+  model: DreamVLM
+  params: Any
+  step: int
+
+
+def _tuples(value):
+  """JSON lists back to tuples, recursively: configs hold every sequence as a tuple
+  (image.scales, sharding rules, the data mixture), and code hashes or compares them."""
+  if isinstance(value, dict):
+    return {k: _tuples(v) for k, v in value.items()}
+  if isinstance(value, list):
+    return tuple(_tuples(v) for v in value)
+  return value
+
+
+def _overlay(base: cfg_lib.ConfigDict, saved: dict) -> None:
+  """Writes the saved values over the defaults, recursively. Keys added to the framework
+  after the run was saved keep their defaults, so older run directories stay loadable."""
+  for key, value in saved.items():
+    if isinstance(value, dict) and key in base and isinstance(base[key], cfg_lib.ConfigDict):
+      _overlay(base[key], value)
+    else:
+      base[key] = value
+
+
+def read_config(workdir: str) -> cfg_lib.ConfigDict:
+  """WORKDIR/config.json (written by the train command) as a validated ConfigDict."""
+  if not os.path.isdir(workdir):
+    raise FileNotFoundError(f'no such workdir: {workdir!r}')
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'{workdir!r} is not a run directory: it has no config.json '
+                            '(written by python -m dvlm_jax.train)')
+  with open(path) as f:
+    try:
+      raw = json.load(f)
+    except json.JSONDecodeError as e:
+      raise ValueError(f'{path}: not valid JSON ({e})') from e
+  config = cfg_lib.defaults()
+  _overlay(config, _tuples(raw))
+  cfg_lib.validate(config)
+  return config
+
+
+def build_model(config) -> DreamVLM:
+  return DreamVLM(ModelConfig.from_config(config))
+
+
+def abstract_params(model: DreamVLM, config, device=None):
+  """ShapeDtypeStructs of the params on one device; allocates nothing.
+
+  Parameter shapes do not depend on the sequence length (rotary positions, no table),
+  so a one-token-row batch of the contract is enough to trace init.
+  """
+  cfg = dataclasses.replace(layout.LayoutConfig.from_config(config), seq_len=1)
+  spec = layout.batch_spec(cfg, 1)
+  batch = {k: jax.ShapeDtypeStruct(shape, dtype) for k, (shape, dtype) in spec.items()}
+  shapes = nn.unbox(jax.eval_shape(model.init, jax.random.key(0), batch))['params']
+  sharding = jax.sharding.SingleDeviceSharding(device or jax.devices()[0])
+  return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes)
+
+
+def _steps(workdir: str) -> list[int]:
+  directory = os.path.join(workdir, 'checkpoints')
+  if not os.path.isdir(directory):
+    return []
+  return sorted(int(n) for n in os.listdir(directory) if n.isdigit())
+
+
+def load(workdir: str, step: int | None = None, ema: bool = False) -> Loaded:
+  """Config, model and params (or their EMA) of `step` (None = newest) of a run."""
+  config = read_config(workdir)
+  steps = _steps(workdir)
+  if not steps:
+    raise FileNotFoundError(f'no checkpoint in {os.path.join(workdir, "checkpoints")!r}')
+  if step is not None and step not in steps:
+    raise FileNotFoundError(f'no checkpoint of step {step} in {workdir!r}; saved steps: {steps}')
+  chosen = steps[-1] if step is None else step
+  item = 'ema' if ema else 'params'
+  if not os.path.isdir(os.path.join(workdir, 'checkpoints', str(chosen), item)):
+    hint = ' (the run kept no EMA: optim.ema_decay was 0)' if ema else ''
+    raise FileNotFoundError(f'checkpoint {chosen} of {workdir!r} has no {item!r}{hint}')
+  model = build_model(config)
+  params, restored = checkpoints.restore_params(workdir, abstract_params(model, config),
+                                                step=chosen, ema=ema)
+  return Loaded(config, model, params, int(restored))

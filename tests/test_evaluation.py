@@ -143,7 +143,7 @@ def test_eval_config_is_validated():
 def test_due_steps():
   config = tiny_config()
   config.train.steps = 10
-  config.eval.every = 4
+  config.eval.every, config.eval.at_end = 4, True
   assert [s for s in range(1, 11) if runner.due(config, s)] == [4, 8, 10]
   config.eval.every, config.eval.at_end = 0, False
   assert not any(runner.due(config, s) for s in range(1, 11))

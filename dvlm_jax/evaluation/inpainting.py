@@ -17,7 +17,6 @@ Chance: filling the mask with the mean colour of the unmasked pixels.
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 
@@ -25,7 +24,7 @@ from dvlm_jax.data import builtin
 from dvlm_jax.data import shapes
 from dvlm_jax.evaluation import detector
 from dvlm_jax.evaluation.grid import Grid
-from dvlm_jax.evaluation.heldout import HeldOut
+from dvlm_jax.evaluation.base import Evaluator, psnr
 
 _GRID_ROWS = 16
 
@@ -44,25 +43,12 @@ def masked_mse(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
   return float(np.mean(np.square(diff[mask])))
 
 
-def psnr(mse: float) -> float:
-  return 10.0 * math.log10(1.0 / max(mse, 1e-10))
-
-
-class InpaintingError:
+class InpaintingError(Evaluator):
   """MSE/PSNR inside an inpainted cell, the shape read back, unchanged pixels outside."""
 
   def __init__(self, config):
-    e = config.eval
-    self.heldout = HeldOut(config)
-    self.split = str(e.split)
-    self.n = int(e.num_examples)
-    self.batch_size = int(e.batch_size)
-    self.cfg_scale = float(e.cfg_scale)
-    self.steps = int(e.sample_steps) or None
-    self.seed = int(e.seed)
+    super().__init__(config)
     self.image_px = builtin.image_size(config)
-    self.chance: dict[str, float] = {}
-    self.grids: dict[str, Grid] = {}
 
   def run(self, vlm, step: int) -> dict[str, float]:
     del step

@@ -18,12 +18,11 @@ the mean colour of the visible patches of its scale.
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 
 from dvlm_jax.evaluation.grid import Grid
-from dvlm_jax.evaluation.heldout import HeldOut
+from dvlm_jax.evaluation.base import Evaluator, psnr
 
 _GRID_ROWS = 8
 
@@ -37,24 +36,13 @@ def _mean_fill_mse(target: np.ndarray, mask: np.ndarray) -> float:
   return float(np.mean(np.square(pixels[pixel_mask] - fill)))
 
 
-def _psnr(mse: float) -> float:
-  return 10.0 * math.log10(1.0 / max(mse, 1e-12))
-
-
-class MaskedPatchPSNR:
+class MaskedPatchPSNR(Evaluator):
   """Reconstruction PSNR, pixel MSE and imun loss of masked patches, per scale."""
 
   def __init__(self, config):
-    e = config.eval
-    self.heldout = HeldOut(config)
-    self.split = str(e.split)
-    self.n = int(e.num_examples)
-    self.batch_size = int(e.batch_size)
-    self.mask_ratio = float(e.mask_ratio)
-    self.seed = int(e.seed)
+    super().__init__(config)
+    self.mask_ratio = float(config.eval.mask_ratio)
     self.num_scales = len(config.image.scales)
-    self.chance: dict[str, float] = {}
-    self.grids: dict[str, Grid] = {}
 
   def run(self, vlm, step: int) -> dict[str, float]:
     del step
@@ -77,7 +65,7 @@ class MaskedPatchPSNR:
           [r['mse'][k] for r in results if r['mask'][k].any()]))
       baseline = [_mean_fill_mse(r['target'][k], r['mask'][k]) for r in results
                   if r['mask'][k].any()]
-      chance[f'recon/psnr/{name}'] = float(np.mean([_psnr(m) for m in baseline]))
+      chance[f'recon/psnr/{name}'] = float(np.mean([psnr(m) for m in baseline]))
       chance[f'recon/mse/{name}'] = float(np.mean(baseline))
     per_scale = [v for k, v in metrics.items() if k.startswith('recon/psnr/')]
     metrics['recon/psnr'] = float(np.mean(per_scale))

@@ -40,7 +40,7 @@ from dvlm_jax.data import glyphs as glyphs_lib
 from dvlm_jax.data import shapes
 from dvlm_jax.evaluation import detector
 from dvlm_jax.evaluation.grid import Grid
-from dvlm_jax.evaluation.heldout import HeldOut
+from dvlm_jax.evaluation.base import Evaluator
 
 ATTRIBUTES = ('kind', 'colour', 'size', 'position')
 _CHANCE_DRAWS = 16     # random scenes per example for the chance levels
@@ -140,22 +140,13 @@ def _parse(text: str) -> shapes.Scene | None:
     return None
 
 
-class ShapesEval:
+class ShapesEval(Evaluator):
   """Caption accuracy, generation accuracy (via the detector) and the glyphs probe."""
 
   def __init__(self, config):
-    e = config.eval
-    self.heldout = HeldOut(config)
-    self.split = str(e.split)
-    self.n = int(e.num_examples)
-    self.batch_size = int(e.batch_size)
-    self.max_new_tokens = int(e.max_new_tokens)
-    self.cfg_scale = float(e.cfg_scale)
-    self.steps = int(e.sample_steps) or None
-    self.seed = int(e.seed)
+    super().__init__(config)
+    self.max_new_tokens = int(config.eval.max_new_tokens)
     self.image_px = builtin.image_size(config)   # what generation draws
-    self.chance: dict[str, float] = {}
-    self.grids: dict[str, Grid] = {}
 
   def _batches(self, items):
     for index, start in enumerate(range(0, len(items), self.batch_size)):

@@ -28,7 +28,7 @@ import numpy as np
 from dvlm_jax.data import layout as layout_lib
 from dvlm_jax.data import pipeline
 from dvlm_jax.data import shapes
-from dvlm_jax.evaluation.heldout import HeldOut
+from dvlm_jax.evaluation.base import Evaluator
 
 SPLIT = 'validation'   # model selection reads validation; test stays for the image probes
 
@@ -43,15 +43,11 @@ def _text_nll_sums(model, params, batch):
   return jnp.sum(nll * weights), jnp.sum(weights)
 
 
-class TextPerplexity:
+class TextPerplexity(Evaluator):
   """Per-token loss and perplexity of held-out captions, alone and after their image."""
 
   def __init__(self, config):
-    e = config.eval
-    self.heldout = HeldOut(config)
-    self.n = int(e.num_examples)
-    self.batch_size = int(e.batch_size)
-    self.seed = int(e.seed)
+    super().__init__(config)
     self.layout = dataclasses.replace(
         layout_lib.LayoutConfig.from_config(config), share_unmasked=1.0,
         share_fully_masked=0.0, caption_dropout=0.0)

@@ -56,6 +56,12 @@ def defaults() -> ConfigDict:
   m.scan_layers = True          # scan the core layers: one compile per block shape
   m.attention = 'xla'           # xla (reference); kernels plug in here
   m.init_std = 0.02
+  # Mixture of experts in the core stack (modality blocks stay dense); docs/architecture.md.
+  m.moe_experts = 0             # 0 = dense SwiGLU MLP; > 0 = experts per core layer
+  m.moe_top_k = 2               # experts each token is sent to (gates renormalised over them)
+  m.moe_capacity_factor = 1.25  # slots per expert and group = ceil(G * k / E * factor)
+  m.moe_group_size = 512        # tokens compete for capacity within groups of G positions
+  m.moe_mlp_dim = 0             # hidden width of each expert; 0 = model.mlp_dim
 
   c.diffusion = d = ConfigDict()
   d.width = 256                 # MLP width of the denoiser
@@ -105,6 +111,7 @@ def defaults() -> ConfigDict:
   c.loss.text_weight = 1.0
   c.loss.imun_weight = 1.0
   c.loss.imgen_weight = 1.0
+  c.loss.moe_aux_weight = 0.01  # Switch load-balancing loss (used when model.moe_experts > 0)
 
   c.optim = o = ConfigDict()
   o.lr = 3e-4
@@ -121,6 +128,7 @@ def defaults() -> ConfigDict:
   c.mesh = ConfigDict()
   c.mesh.data = 1
   c.mesh.fsdp = -1              # -1 = all remaining devices
+  c.mesh.expert = 1             # experts (model.moe_experts) are split over it; rows too
   c.mesh.tensor = 1
   c.sharding = ConfigDict()
   c.sharding.rules = default_logical_rules()
@@ -168,7 +176,9 @@ def defaults() -> ConfigDict:
 
 
 def default_logical_rules() -> tuple[tuple[str, Any], ...]:
-  """Logical axis name -> mesh axes. FSDP shards weights on 'embed'; tensor on heads/mlp."""
+  """Logical axis name -> mesh axes. FSDP shards weights on 'embed'; tensor on heads/mlp;
+  expert on the expert dimension of MoE weights. Rows ('batch') are also split over
+  'expert' when the mesh has one (`sharding.rules`), so each expert group sees its own tokens."""
   return (
       ('batch', ('data', 'fsdp')),
       ('length', None),
@@ -186,6 +196,9 @@ def default_logical_rules() -> tuple[tuple[str, Any], ...]:
       ('diff_width', 'tensor'),
       ('diff_in', None),
       ('table', None),
+      ('exp', 'expert'),
+      # Tokens dispatched to experts: the expert axis now holds experts, not rows.
+      ('exp_batch', ('data', 'fsdp')),
   )
 
 
@@ -337,8 +350,9 @@ def validate(c: ConfigDict) -> None:
   _check(c.data.seq_len >= image_tokens + 8, 'data.seq_len',
          f'{c.data.seq_len} cannot hold one image ({image_tokens} tokens with markers)')
   _check(c.data.batch_size >= 1, 'data.batch_size', 'must be >= 1')
-  for key in ('text_weight', 'imun_weight', 'imgen_weight'):
+  for key in ('text_weight', 'imun_weight', 'imgen_weight', 'moe_aux_weight'):
     _check(c.loss[key] >= 0, f'loss.{key}', 'must be >= 0')
+  _validate_moe(c)
   _check(c.optim.schedule in ('cosine', 'constant', 'rsqrt'), 'optim.schedule',
          f'cosine | constant | rsqrt, got {c.optim.schedule!r}')
   _check(c.optim.warmup_steps >= 0, 'optim.warmup_steps', 'must be >= 0')
@@ -351,6 +365,25 @@ def validate(c: ConfigDict) -> None:
   _check(c.checkpoint.every >= 1, 'checkpoint.every', 'must be >= 1')
   _check(c.checkpoint.keep >= 1, 'checkpoint.keep', 'must be >= 1')
   _validate_eval(c.eval)
+
+
+def _validate_moe(c: ConfigDict) -> None:
+  """MoE keys (checked only when MoE is on); experts % mesh.expert is checked at mesh creation."""
+  m = c.model
+  _check(isinstance(m.moe_experts, int) and m.moe_experts >= 0, 'model.moe_experts',
+         f'must be an int >= 0 (0 = dense), got {m.moe_experts!r}')
+  _check(c.mesh.expert == -1 or c.mesh.expert >= 1, 'mesh.expert',
+         f'must be >= 1 or -1 (the remaining devices), got {c.mesh.expert}')
+  if m.moe_experts == 0:
+    return
+  _check(1 <= m.moe_top_k <= m.moe_experts, 'model.moe_top_k',
+         f'must lie in [1, moe_experts={m.moe_experts}], got {m.moe_top_k}')
+  _check(m.moe_capacity_factor > 0, 'model.moe_capacity_factor',
+         f'must be > 0, got {m.moe_capacity_factor}')
+  _check(m.moe_mlp_dim >= 0, 'model.moe_mlp_dim', f'must be >= 0 (0 = mlp_dim), got {m.moe_mlp_dim}')
+  g, seq = m.moe_group_size, c.data.seq_len
+  _check(isinstance(g, int) and g >= 1 and (g >= seq or seq % g == 0), 'model.moe_group_size',
+         f'must divide data.seq_len={seq} (or be >= it: one group per row), got {g!r}')
 
 
 def _validate_eval(e: ConfigDict) -> None:

@@ -1,7 +1,8 @@
 """Device mesh and logical-axis sharding.
 
-One mesh with named axes ('data', 'fsdp', 'tensor'); sizes come from `config.mesh`, -1
-takes the remaining devices. Parameters and activations carry logical names (see
+One mesh with named axes ('data', 'fsdp', 'expert', 'tensor'); sizes come from
+`config.mesh`, -1 takes the remaining devices. 'expert' (size 1 unless MoE is sharded)
+splits the experts of MoE layers and, like 'data' and 'fsdp', the rows of a batch. Parameters and activations carry logical names (see
 `model/layers.py`); `config.sharding.rules` maps them to mesh axes. Everything that is
 jitted gets explicit in/out shardings derived from those names.
 """
@@ -16,7 +17,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-MESH_AXES = ('data', 'fsdp', 'tensor')
+MESH_AXES = ('data', 'fsdp', 'expert', 'tensor')
 
 
 def mesh_shape(config, num_devices: int) -> tuple[int, ...]:
@@ -32,6 +33,10 @@ def mesh_shape(config, num_devices: int) -> tuple[int, ...]:
   if math.prod(sizes) != num_devices:
     raise ValueError(f'config.mesh: {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} '
                      f'devices, have {num_devices}')
+  experts, expert_axis = config.model.get('moe_experts', 0), sizes[MESH_AXES.index('expert')]
+  if experts and experts % expert_axis:
+    raise ValueError(f'config.mesh.expert: model.moe_experts={experts} do not divide over '
+                     f'{expert_axis} expert devices')
   return tuple(sizes)
 
 
@@ -42,8 +47,19 @@ def make_mesh(config, devices=None) -> Mesh:
 
 
 def rules(config) -> tuple[tuple[str, Any], ...]:
-  return tuple((name, tuple(axes) if isinstance(axes, list) else axes)
-               for name, axes in config.sharding.rules)
+  """The logical rules of `config`; with mesh.expert != 1, rows are split over 'expert' too.
+
+  Added here rather than in the default rules so that a mesh without an 'expert' axis
+  (size 1 by default) keeps its exact row sharding.
+  """
+  out = []
+  for name, axes in config.sharding.rules:
+    axes = tuple(axes) if isinstance(axes, list) else axes
+    if name == 'batch' and config.mesh.get('expert', 1) != 1:
+      axes = (axes,) if isinstance(axes, str) else tuple(axes or ())
+      axes = axes if 'expert' in axes else axes + ('expert',)
+    out.append((name, axes))
+  return tuple(out)
 
 
 def logical_shardings(abstract_tree, mesh: Mesh, axis_rules) -> Any:

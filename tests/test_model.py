@@ -1,4 +1,6 @@
-"""The model: no leakage through any path, every seed switch builds, a tiny model overfits."""
+"""The model: no leakage through any path, every seed switch builds, a tiny model overfits.
+
+Mixture of experts: routing unit tests, leakage with capacity drops, chunked decoding."""
 
 import flax.linen as nn
 import jax
@@ -9,6 +11,7 @@ import pytest
 from dvlm_jax import config as cfg_lib
 from dvlm_jax.training import losses, optimizer as optim_lib, step as step_lib
 from dvlm_jax import sharding
+from dvlm_jax.model import layers
 from tests.conftest import build, image_batch, tiny_config
 
 TEXT, IMAGE = 1, 2
@@ -125,7 +128,9 @@ def test_text_in_ignores_images_and_image_in_ignores_text(setup):
   assert np.max(np.abs(base['hidden/image_in'][is_img] - out['hidden/image_in'][is_img])) < 1e-6
 
 
-VARIANTS = [None, 'janus'] + sorted(cfg_lib.ABLATIONS)
+VARIANTS = [None, 'janus', 'moe'] + sorted(cfg_lib.ABLATIONS)
+# The tiny model with 4 experts (top-2) in each core layer, groups of 64 of its 256 positions.
+MOE = dict(model__moe_experts=4, model__moe_top_k=2, model__moe_group_size=64)
 
 
 @pytest.mark.parametrize('variant', VARIANTS)
@@ -133,6 +138,8 @@ def test_variant_builds_with_finite_loss_and_grads(variant):
   if variant == 'janus':
     config = cfg_lib.janus_like(tiny_config())
     cfg_lib.validate(config)
+  elif variant == 'moe':
+    config = tiny_config(**MOE)
   else:
     config = tiny_config(variant)
   batch = image_batch(config)
@@ -165,6 +172,16 @@ def test_variant_builds_with_finite_loss_and_grads(variant):
     assert 'imgen' not in metrics and 'denoiser' not in params
   if config.model.text_in_layers == 0:
     assert 'text_in' not in params
+  if variant == 'moe':
+    assert 'moe' in params['core']['layers'] and 'mlp' not in params['core']['layers']
+    assert 'moe' not in params['text_out']['layers']        # modality blocks stay dense
+    assert float(metrics['moe_aux']) > 0.5                 # ~1 for near-uniform routing
+    assert 0.0 <= float(metrics['moe_dropped']) < 1.0
+    text_only = float(metrics['text']) + float(metrics['imun']) + float(metrics['imgen'])
+    np.testing.assert_allclose(float(loss), text_only + 0.01 * float(metrics['moe_aux']),
+                               rtol=1e-5)
+  else:
+    assert 'moe_aux' not in metrics
 
 
 def test_tiny_model_overfits_a_fixed_batch():
@@ -191,3 +208,120 @@ def test_tiny_model_overfits_a_fixed_batch():
   last = {k: np.mean([h[k] for h in history[-20:]]) for k in first}
   for k in first:
     assert last[k] < 0.5 * first[k], (k, first[k], last[k])
+
+
+# ------------------------------------------------------------------------ mixture of experts
+
+def test_padding_takes_no_capacity_and_overflow_is_dropped_in_position_order():
+  # Four tokens that all want expert 0 first; one slot per expert; token 0 is padding.
+  logits = jnp.asarray([[5.0, 1.0, 0.0]] * 4)
+  valid = jnp.asarray([False, True, True, True])
+  combine, dispatch, stats = layers.route(logits, valid, top_k=1, capacity=1)
+  np.testing.assert_array_equal(np.asarray(dispatch[:, 0, 0]), [0, 1, 0, 0])
+  assert float(jnp.sum(dispatch[0])) == 0 and float(jnp.sum(combine[0])) == 0
+  np.testing.assert_allclose(float(stats['dropped']), 2 / 3)   # of the 3 valid tokens
+  # With the padding valid, it is the earliest token and takes the slot.
+  _, dispatch, _ = layers.route(logits, jnp.ones(4, bool), top_k=1, capacity=1)
+  np.testing.assert_array_equal(np.asarray(dispatch[:, 0, 0]), [1, 0, 0, 0])
+
+
+def test_priority_is_position_major():
+  # Token 0 picks (e0, e1), token 1 picks (e1, e2); one slot each. Choice-major priority
+  # would give e1 to token 1's first choice (a later token evicting an earlier one).
+  logits = jnp.asarray([[3.0, 2.0, -9.0], [-9.0, 3.0, 2.0]])
+  combine, dispatch, stats = layers.route(logits, jnp.ones(2, bool), top_k=2, capacity=1)
+  np.testing.assert_array_equal(np.asarray(dispatch[..., 0]), [[1, 1, 0], [0, 0, 1]])
+  probs = jax.nn.softmax(logits)
+  gate = probs[1, 2] / (probs[1, 1] + probs[1, 2])   # renormalised over k, not after drops
+  np.testing.assert_allclose(float(combine[1, 2, 0]), float(gate), rtol=1e-6)
+  np.testing.assert_allclose(float(stats['dropped']), 0.25)
+
+
+def test_later_router_logits_never_change_earlier_routing():
+  rng = np.random.default_rng(0)
+  logits = rng.normal(size=(2, 32, 4)).astype(np.float32)
+  valid = rng.random((2, 32)) > 0.2
+  base = layers.route(jnp.asarray(logits), jnp.asarray(valid), 2, capacity=5)[0]
+  for p in (2, 6, 9):   # early enough that the changed tokens still find slots
+    changed = logits.copy()
+    changed[:, p:] = rng.normal(size=changed[:, p:].shape)
+    out = layers.route(jnp.asarray(changed), jnp.asarray(valid), 2, capacity=5)[0]
+    np.testing.assert_array_equal(np.asarray(out[:, :p]), np.asarray(base[:, :p]))
+    assert np.any(np.asarray(out[:, p:]) != np.asarray(base[:, p:]))
+
+
+@pytest.fixture(scope='module')
+def moe_setup():
+  # Capacity factor 0.5: half of the routed choices overflow, so drops really happen.
+  config = tiny_config(**MOE, model__moe_capacity_factor=0.5)
+  batch = image_batch(config)
+  model, params = build(config, batch)
+  forward = jax.jit(lambda b: model.apply({'params': params}, b, return_hidden=True,
+                                          mutable=['intermediates']))
+  return config, batch, lambda b: forward(b)[0], forward, model, params
+
+
+def test_moe_drops_tokens_but_never_leaks_later_tokens(moe_setup):
+  _, batch, forward, with_stats, _, _ = moe_setup
+  dropped = np.asarray(with_stats(batch)[1]['intermediates']['core']['layers']['moe']['moe_dropped'])
+  assert np.all(dropped[0] > 0.2), dropped
+  base = flat_outputs(forward(batch))
+  valid = np.flatnonzero((batch['segment_ids'][0] > 0) & ~batch['is_masked'][0])
+  rng = np.random.default_rng(0)
+  for p in rng.choice(valid[valid > 4], 4, replace=False):
+    start = p
+    for s, e, _, _ in blocks(batch):
+      if s <= p <= e and batch['image_id'][0, p] and batch['attn_end'][0, p] > p:
+        start = s
+    out = flat_outputs(forward(perturbed(batch, [p], int(p))))
+    diffs = max_diff(base, out, slice(0, start))
+    assert max(diffs.values()) < 1e-6, (p, diffs)
+    assert max(max_diff(base, out, slice(start, None)).values()) > 1e-4
+
+
+def test_moe_chunked_decoding_matches_the_full_forward(moe_setup):
+  # Group-aligned chunks route exactly as the full row does, drops included (position-major
+  # priority: a group's routing needs no later token). A shorter chunk is its own group.
+  config, batch, forward, _, model, params = moe_setup
+  full = forward(batch)['text_logits']
+  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), batch, chunk=(0, 1)))
+  cache = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes['cache'])
+  group = config.model.moe_group_size
+
+  @jax.jit
+  def decode(cache):
+    logits = []
+    for chunk in ((0, group), (group, group), (2 * group, 1)):
+      out, state = model.apply({'params': params, 'cache': cache}, batch, chunk=chunk,
+                               mutable=['cache'])
+      cache = state['cache']
+      logits.append(out['text_logits'])
+    return jnp.concatenate(logits, axis=1)
+  got = np.asarray(decode(cache))
+  used = batch['segment_ids'][:, :2 * group] > 0     # padding outputs are garbage anyway
+  assert used.sum() > group
+  np.testing.assert_allclose(got[:, :2 * group][used], np.asarray(full[:, :2 * group])[used],
+                             atol=1e-4)
+  assert np.all(np.isfinite(got[:, -1]))             # the one-token chunk ran as its own group
+
+
+def test_moe_config_errors_name_their_key_and_flops_count_top_k_experts():
+  for overrides, key in [(dict(model__moe_top_k=5), 'model.moe_top_k'),
+                         (dict(model__moe_group_size=48), 'model.moe_group_size'),
+                         (dict(model__moe_capacity_factor=0.0), 'model.moe_capacity_factor')]:
+    with pytest.raises(cfg_lib.ConfigError, match=key):
+      tiny_config(**{**MOE, **overrides})
+  config = tiny_config(**MOE, mesh__expert=3, mesh__fsdp=1)
+  with pytest.raises(ValueError, match='mesh.expert'):
+    sharding.mesh_shape(config, 3)
+  assert sharding.rules(tiny_config())[0] == ('batch', ('data', 'fsdp'))   # dense: as before
+  assert dict(sharding.rules(config))['batch'] == ('data', 'fsdp', 'expert')
+
+  from dvlm_jax.training import flops
+  dense, moe = tiny_config(), tiny_config(**MOE, model__moe_mlp_dim=32)
+  batch = image_batch(dense)
+  m, tokens = dense.model, np.count_nonzero(batch['segment_ids'])
+  per_token = (2 * m.d_model * 4 + 2 * 2 * m.d_model * 32 * 3) - 2 * m.d_model * m.mlp_dim * 3
+  expected = flops.TRAIN_FACTOR * m.core_layers * tokens * per_token
+  got = flops.train_step_flops(moe, batch) - flops.train_step_flops(dense, batch)
+  assert abs(got - expected) < 1e-9 * abs(expected)

@@ -1,4 +1,5 @@
-"""The same config on 1 device and on 8 fake CPU devices (fsdp x tensor) trains identically."""
+"""The same config on 1 device and on 8 fake CPU devices (fsdp x tensor, and with MoE
+fsdp x expert x tensor) trains identically."""
 
 import json
 import os
@@ -26,4 +27,17 @@ def test_fsdp_tensor_mesh_matches_one_device(tmp_path):
   assert len(one) == len(eight) == 3
   for a, b in zip(one, eight):
     for key in ('loss', 'text', 'imun', 'imgen', 'grad_norm'):
+      assert abs(a[key] - b[key]) <= 1e-4 * max(1.0, abs(a[key])), (a['step'], key, a[key], b[key])
+
+
+def test_moe_expert_mesh_matches_one_device(tmp_path):
+  moe = ('--config.model.moe_experts=4', '--config.model.moe_group_size=64',
+         '--config.model.moe_capacity_factor=1.0')   # some drops: routing must agree too
+  one = run(str(tmp_path / 'one'), 1, *moe)
+  eight = run(str(tmp_path / 'eight'), 8, *moe, '--config.mesh.fsdp=2', '--config.mesh.expert=2',
+              '--config.mesh.tensor=2')
+  assert len(one) == len(eight) == 3
+  for a, b in zip(one, eight):
+    assert a['moe_aux'] > 0 and a['moe_dropped'] > 0
+    for key in ('loss', 'text', 'imun', 'imgen', 'moe_aux', 'moe_dropped', 'grad_norm'):
       assert abs(a[key] - b[key]) <= 1e-4 * max(1.0, abs(a[key])), (a['step'], key, a[key], b[key])

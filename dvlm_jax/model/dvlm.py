@@ -48,7 +48,7 @@ class DreamVLM(nn.Module):
 
     self.text_in = Stack(c, c.text_in_layers)
     self.image_in = Stack(c, c.image_in_layers)
-    self.core = Stack(c, c.core_layers)
+    self.core = Stack(c, c.core_layers, moe=c.moe_experts > 0)   # MoE only in the core
     norm = dict(eps=c.norm_eps, dtype=c.dtype, param_dtype=c.param_dtype)
     self.text_out = Stack(c, c.text_out_layers)
     self.text_norm = RMSNorm(**norm)
@@ -124,7 +124,8 @@ class DreamVLM(nn.Module):
     x = jnp.where(is_image, image_in, text_in)
 
     doc_mask = mask(batch['segment_ids'], queries['attn_end'])
-    core = self.core(x, positions, doc_mask, cache_start)
+    # Padding is not routed to experts (and takes no expert capacity) when MoE is on.
+    core = self.core(x, positions, doc_mask, cache_start, queries['segment_ids'] > 0)
 
     # Stage outputs as used: text-in at text positions, image-in at image positions.
     hidden = {'text_in': jnp.where(modality == TEXT, 1, 0)[..., None] * text_in,

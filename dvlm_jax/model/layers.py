@@ -1,13 +1,16 @@
 """Shared layers: every parameter and activation carries logical axis names.
 
 Logical names are mapped to mesh axes by `config.sharding.rules` (see `dvlm_jax.sharding`).
-Parameter names: embed, vocab, heads, kv_heads, head_dim, mlp, patch, norm, table, diff_width.
-Activation names: batch, length, act_embed, act_heads, act_mlp.
+Parameter names: embed, vocab, heads, kv_heads, head_dim, mlp, patch, norm, table, diff_width,
+exp (the expert dimension of mixture-of-experts weights).
+Activation names: batch, length, act_embed, act_heads, act_mlp, exp_batch (the rows of
+tokens dispatched to experts, which leave the expert axis to the experts).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -49,6 +52,12 @@ class ModelConfig:
   init_std: float = 0.02
   diffusion_width: int = 256
   diffusion_depth: int = 3
+  # Mixture of experts in the core stack (0 experts = dense MLP); see MoEMLP.
+  moe_experts: int = 0
+  moe_top_k: int = 2
+  moe_capacity_factor: float = 1.25
+  moe_group_size: int = 512
+  moe_mlp_dim: int = 0
 
   @classmethod
   def from_config(cls, config) -> 'ModelConfig':
@@ -65,7 +74,11 @@ class ModelConfig:
         rope_theta=m.rope_theta, norm_eps=m.norm_eps, tie_embeddings=m.tie_embeddings,
         dtype=jnp.dtype(m.dtype), param_dtype=jnp.dtype(m.param_dtype), remat=m.remat,
         scan_layers=m.scan_layers, attention=m.attention, init_std=m.init_std,
-        diffusion_width=d.width, diffusion_depth=d.depth)
+        diffusion_width=d.width, diffusion_depth=d.depth,
+        # .get: a run directory written before MoE existed has no moe_* keys (dense).
+        moe_experts=m.get('moe_experts', 0), moe_top_k=m.get('moe_top_k', 2),
+        moe_capacity_factor=m.get('moe_capacity_factor', 1.25),
+        moe_group_size=m.get('moe_group_size', 512), moe_mlp_dim=m.get('moe_mlp_dim', 0))
 
 
 def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
@@ -201,25 +214,123 @@ class MLP(nn.Module):
     return Dense(c.d_model, ('mlp', 'embed'), name='down', **kw)(h)
 
 
-class Block(nn.Module):
-  """Pre-norm transformer block: attention (under the given mask) + MLP."""
+def moe_capacity(group: int, top_k: int, experts: int, capacity_factor: float) -> int:
+  """Slots per expert and group: C = ceil(G * k / E * capacity_factor), at most G."""
+  return max(1, min(group, math.ceil(group * top_k / experts * capacity_factor)))
+
+
+def route(logits: jax.Array, valid: jax.Array, top_k: int, capacity: int):
+  """Top-k routing of each group of tokens to `capacity` slots per expert.
+
+  logits: [..., G, E] router logits (float32); valid: [..., G] bool, False at padding.
+  Returns (combine [..., G, E, C] gate weights, dispatch [..., G, E, C] 0/1, stats).
+
+  Slots are handed out position-major: token g's choices (first, then second, ...)
+  claim slots before any choice of token g + 1. So whether a token is dropped depends
+  only on itself and earlier tokens of its group, never on later ones: with causal
+  attention no future token can leak into an earlier output through the capacity
+  competition (choice-major priority, as in Switch/GShard, would let a later token's
+  first choice evict an earlier token's second). Invalid tokens claim nothing.
+  stats: 'aux' (Switch load-balancing loss E * sum_e f_e * P_e over valid tokens, f_e
+  the share of the k choices that pick e, P_e the mean router probability; 1 when
+  balanced) and 'dropped' (share of valid tokens' choices that found no slot).
+  """
+  experts = logits.shape[-1]
+  probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+  top_p, top_e = jax.lax.top_k(probs, top_k)                   # [..., G, k]
+  gates = top_p / jnp.sum(top_p, axis=-1, keepdims=True)       # renormalised over the k
+  valid_f = valid.astype(jnp.float32)
+  choice = jax.nn.one_hot(top_e, experts, dtype=jnp.float32) * valid_f[..., None, None]
+  group = choice.shape[-3]
+  flat = choice.reshape(choice.shape[:-3] + (group * top_k, experts))
+  # Rank of each claim in its expert's queue, counting (position, choice) in row-major order.
+  rank = (jnp.cumsum(flat, axis=-2) - 1.0).reshape(choice.shape)
+  slot = jnp.sum(rank * choice, axis=-1).astype(jnp.int32)     # [..., G, k]
+  kept = valid_f[..., None] * (slot < capacity)
+  slot_hot = jax.nn.one_hot(slot, capacity, dtype=jnp.float32)  # out-of-range rows are 0
+  dispatch = jnp.einsum('...gk,...gke,...gkc->...gec', kept, choice, slot_hot)
+  combine = jnp.einsum('...gk,...gke,...gkc->...gec', kept * gates, choice, slot_hot)
+  n_valid = jnp.maximum(jnp.sum(valid_f), 1.0)
+  share = jnp.sum(choice, axis=tuple(range(choice.ndim - 1))) / (n_valid * top_k)
+  mean_p = jnp.sum(probs * valid_f[..., None], axis=tuple(range(probs.ndim - 1))) / n_valid
+  stats = {'aux': experts * jnp.sum(share * mean_p),
+           'dropped': 1.0 - jnp.sum(kept) / (n_valid * top_k)}
+  return combine, dispatch, stats
+
+
+class MoEMLP(nn.Module):
+  """Mixture of SwiGLU experts with top-k routing within groups of positions of a row.
+
+  A row is cut into groups of `moe_group_size` positions (a shorter call, such as a
+  decoding chunk, is one group) so dispatch is [groups, G, E, C] rather than [L, E, C].
+  Tokens dropped by every chosen expert output 0 (the residual carries them). The
+  load-balancing loss and the dropped share are sown into 'intermediates' (moe_aux,
+  moe_dropped); `losses.compute_loss` collects them.
+  """
   cfg: ModelConfig
 
   @nn.compact
-  def __call__(self, x, positions, mask, cache_start=None):
+  def __call__(self, x, valid=None):
+    c = self.cfg
+    b, length, d = x.shape
+    experts, mlp = c.moe_experts, c.moe_mlp_dim or c.mlp_dim
+    if valid is None:
+      valid = jnp.ones((b, length), bool)
+    group = min(c.moe_group_size, length)
+    pad = -length % group
+    if pad:   # padded positions are invalid: they take no slot and are cut off below
+      x = jnp.pad(x, ((0, 0), (0, pad), (0, 0)))
+      valid = jnp.pad(valid, ((0, 0), (0, pad)))
+    n = (length + pad) // group
+    xg = x.reshape(b, n, group, d)
+    # The router runs in float32: near-tied logits in bf16 would flip top-k choices.
+    logits = Dense(experts, ('embed', 'exp'), name='router', dtype=jnp.float32,
+                   param_dtype=c.param_dtype, std=c.init_std)(xg.astype(jnp.float32))
+    capacity = moe_capacity(group, c.moe_top_k, experts, c.moe_capacity_factor)
+    combine, dispatch, stats = route(logits, valid.reshape(b, n, group), c.moe_top_k, capacity)
+    self.sow('intermediates', 'moe_aux', stats['aux'])
+    self.sow('intermediates', 'moe_dropped', stats['dropped'])
+
+    def weight(name, shape, names):
+      return self.param(name, dense_init(c.init_std, names), shape, c.param_dtype).astype(c.dtype)
+    w_gate = weight('gate', (experts, d, mlp), ('exp', 'embed', 'mlp'))
+    w_up = weight('up', (experts, d, mlp), ('exp', 'embed', 'mlp'))
+    w_down = weight('down', (experts, mlp, d), ('exp', 'mlp', 'embed'))
+    names = ('exp', 'exp_batch', None, None, 'act_embed')
+    xin = constrain(jnp.einsum('bngec,bngd->ebncd', dispatch.astype(c.dtype), xg.astype(c.dtype)),
+                    names)
+    h = nn.silu(jnp.einsum('ebncd,edm->ebncm', xin, w_gate)) * jnp.einsum(
+        'ebncd,edm->ebncm', xin, w_up)
+    h = constrain(h, names[:-1] + ('act_mlp',))
+    y = constrain(jnp.einsum('ebncm,emd->ebncd', h, w_down), names)
+    out = jnp.einsum('ebncd,bngec->bngd', y, combine.astype(c.dtype))
+    return out.reshape(b, n * group, d)[:, :length]
+
+
+class Block(nn.Module):
+  """Pre-norm transformer block: attention (under the given mask) + MLP (MoE if `moe`).
+
+  `valid` ([B, L] bool, False at padding) keeps padding out of expert routing.
+  """
+  cfg: ModelConfig
+  moe: bool = False
+
+  @nn.compact
+  def __call__(self, x, positions, mask, cache_start=None, valid=None):
     c = self.cfg
     norm = dict(eps=c.norm_eps, dtype=c.dtype, param_dtype=c.param_dtype)
     x = x + Attention(c, name='attn')(RMSNorm(name='attn_norm', **norm)(x), positions, mask,
                                       cache_start)
-    x = x + MLP(c, name='mlp')(RMSNorm(name='mlp_norm', **norm)(x))
+    h = RMSNorm(name='mlp_norm', **norm)(x)
+    x = x + (MoEMLP(c, name='moe')(h, valid) if self.moe else MLP(c, name='mlp')(h))
     return constrain(x, ('batch', 'length', 'act_embed'))
 
 
 class ScannedBlock(Block):
   """Block with the (carry, out) signature nn.scan needs."""
 
-  def __call__(self, x, positions, mask, cache_start=None):  # pytype: disable=signature-mismatch
-    return super().__call__(x, positions, mask, cache_start), None
+  def __call__(self, x, positions, mask, cache_start=None, valid=None):  # pytype: disable=signature-mismatch
+    return super().__call__(x, positions, mask, cache_start, valid), None
 
 
 _REMAT_POLICIES = {
@@ -229,12 +340,16 @@ _REMAT_POLICIES = {
 
 
 class Stack(nn.Module):
-  """`num_layers` blocks with one attention mask; scanned (one compile) when configured."""
+  """`num_layers` blocks with one attention mask; scanned (one compile) when configured.
+
+  `moe`: the blocks use MoEMLP (the core, when model.moe_experts > 0).
+  """
   cfg: ModelConfig
   num_layers: int
+  moe: bool = False
 
   @nn.compact
-  def __call__(self, x, positions, mask, cache_start=None):
+  def __call__(self, x, positions, mask, cache_start=None, valid=None):
     c = self.cfg
     if self.num_layers == 0:
       return x
@@ -242,12 +357,13 @@ class Stack(nn.Module):
     if c.remat != 'none':
       block = nn.remat(block, policy=_REMAT_POLICIES[c.remat], prevent_cse=not c.scan_layers)
     if c.scan_layers:
-      scanned = nn.scan(block, variable_axes={'params': 0, 'cache': 0},
+      # 'intermediates' is stacked per layer so MoE statistics sown in a block survive.
+      scanned = nn.scan(block, variable_axes={'params': 0, 'cache': 0, 'intermediates': 0},
                         split_rngs={'params': True},
-                        in_axes=(nn.broadcast, nn.broadcast, nn.broadcast),
+                        in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
                         length=self.num_layers, metadata_params={nn.PARTITION_NAME: 'layers'})
-      x, _ = scanned(c, name='layers')(x, positions, mask, cache_start)
+      x, _ = scanned(c, self.moe, name='layers')(x, positions, mask, cache_start, valid)
       return x
     for i in range(self.num_layers):
-      x = block(c, name=f'layer_{i}')(x, positions, mask, cache_start)
+      x = block(c, self.moe, name=f'layer_{i}')(x, positions, mask, cache_start, valid)
     return x

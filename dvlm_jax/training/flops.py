@@ -11,6 +11,9 @@ the (query, key) pairs the mask lets through:
   imun-out   image-loss positions                every non-pad token    those queries' rows
   imgen-out  image-loss positions                every non-pad token    those queries' rows
 
+With MoE in the core (`model.moe_experts > 0`) each core token counts the router and the
+MLPs of its `moe_top_k` experts instead of one dense MLP (dropped tokens are counted as
+routed: capacity overflow is a training-time detail, not a cost saving one plans on);
 plus the embeddings' patch projection, the heads (LM head on text-loss positions, patch
 head and diffusion head on image-loss positions, the latter `noise_samples` times) and a
 factor 3 for training (forward + backward = 3 x forward matmul FLOPs). A matmul of
@@ -56,13 +59,20 @@ def visible_pairs(scope: np.ndarray, attn_end: np.ndarray) -> np.ndarray:
   return pairs
 
 
-def _block_flops(cfg, n_queries: float, n_keys: float, pairs: float) -> float:
-  """Forward FLOPs of one transformer block for the given query/key/pair counts."""
+def _block_flops(cfg, n_queries: float, n_keys: float, pairs: float, moe: bool = False) -> float:
+  """Forward FLOPs of one transformer block for the given query/key/pair counts.
+
+  `moe`: the MLP is a mixture of experts (router + top_k experts' SwiGLU per query).
+  """
   d, h, kvh, hd, mlp = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.mlp_dim
   q_and_o = 2 * n_queries * d * h * hd * 2
   k_and_v = 2 * n_keys * d * kvh * hd * 2
   attention = 2 * pairs * h * hd * 2                  # q.k and p.v
-  swiglu = 2 * n_queries * d * mlp * 3
+  if moe:
+    expert_mlp = cfg.moe_mlp_dim or mlp
+    swiglu = 2 * n_queries * d * cfg.moe_experts + cfg.moe_top_k * 2 * n_queries * d * expert_mlp * 3
+  else:
+    swiglu = 2 * n_queries * d * mlp * 3
   return q_and_o + k_and_v + attention + swiglu
 
 
@@ -84,17 +94,17 @@ def train_step_flops(config, batch) -> float:
   doc_pairs = visible_pairs(seg, attn_end)
   own = np.broadcast_to(np.arange(seg.shape[1]), seg.shape)
 
-  def block_stack(layers, queries, keys, pairs):
+  def block_stack(layers, queries, keys, pairs, moe=False):
     if layers == 0:
       return 0.0
     return layers * _block_flops(m, float(np.count_nonzero(queries)), float(np.count_nonzero(keys)),
-                                 float(np.sum(pairs[queries])))
+                                 float(np.sum(pairs[queries])), moe)
 
   f = 0.0
   text_scope = np.where(is_text, seg, 0)
   f += block_stack(m.text_in_layers, is_text, is_text, visible_pairs(text_scope, own))
   f += block_stack(m.image_in_layers, is_image, is_image, visible_pairs(batch['image_id'], attn_end))
-  f += block_stack(m.core_layers, seg > 0, seg > 0, doc_pairs)
+  f += block_stack(m.core_layers, seg > 0, seg > 0, doc_pairs, m.get('moe_experts', 0) > 0)
   f += block_stack(m.text_out_layers, text_loss, seg > 0, doc_pairs)
   if m.imun_head:
     f += block_stack(m.imun_out_layers, image_loss, seg > 0, doc_pairs)

@@ -4,8 +4,11 @@
         + imun_weight * MSE(masked patches)      averaged over image_weights
         + imgen_weight * diffusion loss          averaged over image_weights
 
+        + moe_aux_weight * load-balancing loss   with MoE in the core (mean over layers)
+
 Image parts are also reported per scale (`imun/scale_k`, `imgen/scale_k`). The imun
-target may be per-patch normalised (MAE); the diffusion target is raw pixels.
+target may be per-patch normalised (MAE); the diffusion target is raw pixels. With MoE,
+`moe_aux` and `moe_dropped` (share of routed choices over capacity) are logged too.
 """
 
 from __future__ import annotations
@@ -27,12 +30,16 @@ class LossConfig:
   imun_norm_pix: bool
   num_scales: int
   objective: DiffusionObjective
+  moe: bool = False             # the core has experts: collect their sown statistics
+  moe_aux_weight: float = 0.0
 
   @classmethod
   def from_config(cls, config) -> 'LossConfig':
     return cls(config.loss.text_weight, config.loss.imun_weight, config.loss.imgen_weight,
                config.model.imun_norm_pix, len(config.image.scales),
-               DiffusionObjective.from_config(config))
+               DiffusionObjective.from_config(config),
+               moe=config.model.get('moe_experts', 0) > 0,
+               moe_aux_weight=config.loss.get('moe_aux_weight', 0.0))
 
 
 def weighted_mean(values: jax.Array, weights: jax.Array) -> jax.Array:
@@ -56,10 +63,24 @@ def _image_part(name, per_position, batch, cfg, metrics):
   return loss
 
 
+def sown_mean(intermediates, name: str) -> jax.Array:
+  """Mean of every value sown under `name` (one per MoE layer; scanned layers are stacked)."""
+  found = [jnp.ravel(leaf) for path, leaf in jax.tree_util.tree_leaves_with_path(intermediates)
+           if any(getattr(k, 'key', None) == name for k in path)]
+  if not found:
+    raise ValueError(f'no {name!r} was sown: is model.moe_experts > 0 with core layers?')
+  return jnp.mean(jnp.concatenate(found))
+
+
 def compute_loss(model: DreamVLM, params, batch, rng: jax.Array, cfg: LossConfig):
   """Returns (total loss, metrics dict of scalars)."""
-  out = model.apply({'params': params}, batch)
   metrics = {}
+  if cfg.moe:
+    out, state = model.apply({'params': params}, batch, mutable=['intermediates'])
+    metrics['moe_aux'] = sown_mean(state['intermediates'], 'moe_aux')
+    metrics['moe_dropped'] = sown_mean(state['intermediates'], 'moe_dropped')
+  else:   # the dense path stays exactly as it was
+    out = model.apply({'params': params}, batch)
 
   logits = out['text_logits']
   logp = jax.nn.log_softmax(logits, axis=-1)
@@ -82,6 +103,8 @@ def compute_loss(model: DreamVLM, params, batch, rng: jax.Array, cfg: LossConfig
     per_position = cfg.objective.loss(denoise, targets, rng)
     total = total + cfg.imgen_weight * _image_part('imgen', per_position, batch, cfg, metrics)
 
+  if cfg.moe:
+    total = total + cfg.moe_aux_weight * metrics['moe_aux']
   metrics['loss'] = total
   metrics['text_tokens'] = jnp.sum(batch['text_weights'])
   metrics['image_targets'] = jnp.sum(batch['image_weights'])

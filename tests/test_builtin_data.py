@@ -246,3 +246,19 @@ def test_batches_fail_clearly_when_no_document_fits():
   config.data.builtin_text = 0.0
   with pytest.raises(ValueError, match='data.seq_len'):
     next(builtin.batches(config, seed=0))
+
+
+def test_inspect_cli_reads_a_built_data_set(small_experiment, tmp_path, capsys):
+  from dvlm_jax.data import build
+  data_dir = str(tmp_path / 'data')
+  assert build.main(['glyphs', '--data_dir', data_dir, '--train_size', '12',
+                     '--validation_size', '4', '--test_size', '4']) == 0
+  out, png = tmp_path / 'glyphs.npz', tmp_path / 'glyphs.png'
+  rc = inspect_cli.main(['--config', small_experiment, '--dataset', 'glyphs', '--data_dir',
+                         data_dir, '--out', str(out), '--png', str(png)])
+  assert rc == 0 and png.exists()
+  with np.load(out) as saved:
+    assert np.count_nonzero(saved['modality'] == 2) > 0
+  assert inspect_cli.main(['--config', small_experiment, '--dataset', 'shapes', '--data_dir',
+                           data_dir, '--out', str(out)]) == 2   # not built: a clear error
+  assert 'python -m dvlm_jax.data.build shapes' in capsys.readouterr().err

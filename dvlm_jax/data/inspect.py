@@ -2,6 +2,10 @@
 
   python -m dvlm_jax.data.inspect --config experiments/tiny.py[:arg] \
       [--config.a.b=v ...] --out batch.npz [--png layout.png] [--row 0] [--seed 0]
+  python -m dvlm_jax.data.inspect --config experiments/small.py --dataset twemoji \
+      --data_dir data --out batch.npz --png layout.png      # any built data set
+
+The batch comes from the train command's own data path (`pipeline.batches_for`).
 
 The picture is the quickest way to check the layout by eye:
   (a) a strip with one cell per token, coloured by modality/copy, with a dark
@@ -22,7 +26,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from dvlm_jax import config as config_lib
-from dvlm_jax.data import builtin
+from dvlm_jax.data import pipeline
 from dvlm_jax.data import layout as layout_lib
 from dvlm_jax.data import tokenizer as tokenizer_lib
 
@@ -241,7 +245,17 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
   parser.add_argument('--png', help='also draw one row into this PNG')
   parser.add_argument('--row', type=int, default=0, help='row of the batch to draw')
   parser.add_argument('--seed', type=int, default=None, help='default: config.data.seed')
-  return parser.parse_args(rest), overrides
+  parser.add_argument('--dataset', help='a built data set (e.g. twemoji) instead of the '
+                      "config's data: reads it alone through the Grain pipeline")
+  parser.add_argument('--data_dir', help='where the data sets are built (data.data_dir)')
+  args = parser.parse_args(rest)
+  if args.dataset:
+    overrides += ['data.source=tfds', f"data.mixture=(('{args.dataset}', 1.0),)"]
+  if args.data_dir:
+    overrides.append(f'data.data_dir={args.data_dir}')
+  if args.seed is not None:
+    overrides.append(f'data.seed={args.seed}')
+  return args, overrides
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -251,7 +265,11 @@ def main(argv: Sequence[str] | None = None) -> int:
   except config_lib.ConfigError as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
-  batch = builtin.fixed_batch(config, args.seed)
+  try:  # the train command's data path: built-in stream or the Grain pipeline
+    batch = next(pipeline.batches_for(config, process_index=0, process_count=1))
+  except (pipeline.DataError, FileNotFoundError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 2
   if not 0 <= args.row < batch['tokens'].shape[0]:
     print(f'error: --row {args.row} outside the batch of {batch["tokens"].shape[0]} rows',
           file=sys.stderr)

@@ -102,44 +102,47 @@ def train(config, workdir: str) -> dict[str, float]:
   profile = tuple(config.train.profile_steps)
   last, step_flops = {}, 0.0
 
-  for step in range(start + 1, config.train.steps + 1):
-    if profile and step == profile[0]:
-      jax.profiler.start_trace(os.path.join(workdir, 'profile'))
-    local = next(data)
-    state, metrics = train_step(state, to_global(local), step_rng)
-    if step == start + 1 or step % config.train.log_every == 1:  # FLOPs of a sample batch
-      step_flops = flops.train_step_flops(config, local) * jax.process_count()
-    logger.count(np.count_nonzero(local['segment_ids']) * jax.process_count(), step_flops)
-    if profile and step == profile[1]:
-      jax.block_until_ready(state)
-      jax.profiler.stop_trace()
+  try:
+    for step in range(start + 1, config.train.steps + 1):
+      if profile and step == profile[0]:
+        jax.profiler.start_trace(os.path.join(workdir, 'profile'))
+      local = next(data)
+      state, metrics = train_step(state, to_global(local), step_rng)
+      if step == start + 1 or step % config.train.log_every == 1:  # FLOPs of a sample batch
+        step_flops = flops.train_step_flops(config, local) * jax.process_count()
+      logger.count(np.count_nonzero(local['segment_ids']) * jax.process_count(), step_flops)
+      if profile and step == profile[1]:
+        jax.block_until_ready(state)
+        jax.profiler.stop_trace()
 
-    if step % config.train.log_every == 0 or step == config.train.steps:
-      last = logger.log(step, jax.device_get(metrics))
-      if last['bad_in_a_row'] >= config.train.max_bad_steps:
+      if step % config.train.log_every == 0 or step == config.train.steps:
+        last = logger.log(step, jax.device_get(metrics))
+        if last['bad_in_a_row'] >= config.train.max_bad_steps:
+          ckpt.wait()
+          raise NonFiniteError(
+              f'{int(last["bad_in_a_row"])} steps in a row had a non-finite loss or gradient '
+              f'(train.max_bad_steps={config.train.max_bad_steps}); stopping. Those updates were '
+              f'skipped, so the last checkpoint ({ckpt.manager.latest_step()}) is intact.')
+      if step % config.checkpoint.every == 0 or step == config.train.steps:
+        ckpt.save(step, state, data)
+      if eval_runner.due(config, step):
+        ckpt.wait()   # the async save lands first: evaluation never races checkpoint I/O
+        eval_runner.maybe_evaluate(config, state.params, step, workdir)  # every process
+        if step == config.train.steps and main_process:
+          print_eval_summary(workdir, step)
+      if preemption.reached(step):
+        ckpt.save(step, state, data, force=True)
         ckpt.wait()
-        raise NonFiniteError(
-            f'{int(last["bad_in_a_row"])} steps in a row had a non-finite loss or gradient '
-            f'(train.max_bad_steps={config.train.max_bad_steps}); stopping. Those updates were '
-            f'skipped, so the last checkpoint ({ckpt.manager.latest_step()}) is intact.')
-    if step % config.checkpoint.every == 0 or step == config.train.steps:
-      ckpt.save(step, state, data)
-    evaluated = eval_runner.maybe_evaluate(config, state.params, step, workdir)  # every process
-    if evaluated is not None and step == config.train.steps and main_process:
-      print_eval_summary(workdir, step)
-    if preemption.reached(step):
-      ckpt.save(step, state, data, force=True)
-      ckpt.wait()
-      if main_process:
-        print(f'preempted: saved step {step}; re-run the same command to resume', flush=True)
-      break
-    if step == config.debug.crash_at_step:   # fault injection: die like a killed process
-      ckpt.wait()                             # (after the last save landed: a deterministic test)
-      os._exit(17)
-
-  ckpt.wait()
-  ckpt.close()
-  logger.close()
+        if main_process:
+          print(f'preempted: saved step {step}; re-run the same command to resume', flush=True)
+        break
+      if step == config.debug.crash_at_step:   # fault injection: die like a killed process
+        ckpt.wait()                             # (after the last save landed: a deterministic test)
+        os._exit(17)
+  finally:  # pending saves always land (or fail loudly) before we leave
+    ckpt.wait()
+    ckpt.close()
+    logger.close()
   return last
 
 

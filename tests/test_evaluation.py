@@ -202,7 +202,7 @@ def run_dir(tmp_path_factory):
        f'--config.train.steps={STEP}', f'--config.checkpoint.every={STEP}',
        '--config.model.core_layers=1', f'--config.eval.every={STEP}'] + EVAL_FLAGS,
       capture_output=True, text=True, cwd=ROOT, timeout=300)
-  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert proc.returncode == 0, proc.stderr[:3000] + '\n...\n' + proc.stderr[-3000:]
   record = os.path.join(workdir, 'eval', f'{STEP}.json')
   if not os.path.exists(record):
     _training_time_evaluation(workdir)
@@ -248,7 +248,7 @@ def test_command_reproduces_the_training_time_numbers(run_dir):
   proc = subprocess.run([sys.executable, '-m', 'dvlm_jax.eval', '--workdir', run_dir,
                          '--step', str(STEP)], capture_output=True, text=True, cwd=ROOT,
                         timeout=300)
-  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert proc.returncode == 0, proc.stderr[:3000] + '\n...\n' + proc.stderr[-3000:]
   out = proc.stdout
   record = _record(run_dir, f'{STEP}.json')
   training = _record(run_dir, f'{STEP}.training.json')

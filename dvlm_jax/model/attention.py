@@ -114,12 +114,6 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | ScopeMask
   return out.reshape(b, lq, h, d)
 
 
-def mask_density(mask: jax.Array, q_valid: jax.Array) -> jax.Array:
-  """Fraction of (query, key) pairs attended, over valid queries; for FLOP counting."""
-  seen = jnp.sum(mask, axis=-1) * q_valid
-  return jnp.sum(seen) / jnp.maximum(jnp.sum(q_valid) * mask.shape[-1], 1)
-
-
 def _warn_once(message: str) -> None:
   if message not in _warned:
     _warned.add(message)

@@ -311,8 +311,9 @@ def validate(c: ConfigDict) -> None:
   for key in ('dtype', 'param_dtype'):
     _check(m[key] in ('float32', 'bfloat16'), f'model.{key}', f'float32 | bfloat16, got {m[key]!r}')
   _check(m.remat in ('none', 'full', 'dots'), 'model.remat', f'none | full | dots, got {m.remat!r}')
-  _check(m.attention in ('xla', 'pallas_gpu', 'pallas_interpret', 'splash'), 'model.attention',
-         f'xla | pallas_gpu | pallas_interpret | splash, got {m.attention!r}')
+  from dvlm_jax.model import attention as attention_lib   # the implementations live there
+  _check(m.attention in attention_lib.IMPLEMENTATIONS, 'model.attention',
+         f'{" | ".join(attention_lib.IMPLEMENTATIONS)}, got {m.attention!r}')
 
   scales = tuple(i.scales)
   _check(len(scales) >= 1, 'image.scales', 'needs at least one scale')

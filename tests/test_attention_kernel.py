@@ -23,6 +23,7 @@ from dvlm_jax.data import tokenizer as tk
 from dvlm_jax.model import attention
 from dvlm_jax.model.kernels import range_attention as ra
 from dvlm_jax.model.kernels import splash
+from dvlm_jax.model.kernels import tokamax_attention
 from dvlm_jax.model.dvlm import DreamVLM
 from dvlm_jax.model.layers import ModelConfig
 from tests.conftest import ROOT, build, image_batch, tiny_config
@@ -222,6 +223,44 @@ def test_kernel_matches_reference_values_and_grads(dtype, head_dim, tol):
       out, dq, _, _ = fn(q, k, v, scope, end, w)
       assert np.all(np.asarray(out, np.float32)[empty] == 0.0), kind
       assert np.all(np.asarray(dq, np.float32)[empty] == 0.0), kind
+
+
+@pytest.mark.parametrize('seed', range(3))
+@pytest.mark.parametrize('kind', SCOPES)
+def test_tokamax_ranges_are_the_rule(seed, kind):
+  """k_start / k_end / key_ok give exactly make_mask on every stage's scope (text-in and
+  image-in scopes are interrupted, by images and by scale markers: key_ok removes those),
+  and a query that sees nothing gets exactly one key (a finite row, never NaN)."""
+  scope, end = scope_inputs(packed_rows(seed), kind)
+  mask = dense(scope, end)
+  k_start, k_end, key_ok = (np.asarray(x) for x in tokamax_attention.key_ranges(
+      jnp.asarray(scope), jnp.asarray(scope), jnp.asarray(end)))
+  index = np.arange(SEQ)
+  got = ((index[None, None, :] >= k_start[..., None]) & (index[None, None, :] < k_end[..., None])
+         & key_ok[:, None, :])
+  seen = mask.any(-1)
+  assert np.array_equal(got[seen], mask[seen]), kind
+  assert np.all(got[~seen].sum(-1) == 1)
+
+
+def test_tokamax_matches_reference_values_and_grads():
+  """Through tokamax's XLA path (the CPU stand-in for its GPU kernels): the same values
+  and gradients as the reference on every stage's scope."""
+  fn = jax.jit(lambda q, k, v, scope, end, w: (lambda out, vjp: (out, *vjp(w)))(
+      *jax.vjp(lambda q, k, v: tokamax_attention.tokamax_attention(q, k, v, scope, scope, end),
+               q, k, v)))
+  batch = packed_rows(0)
+  q, k, v, w = random_qkvw(0, jnp.float32, 64)
+  for kind in SCOPES:
+    scope, end = scope_inputs(batch, kind)
+    valid = dense(scope, end).any(-1)[..., None, None]
+    got = fn(q, k, v, scope, end, w * valid)
+    want = reference(q, k, v, scope, end, w * valid)
+    for name, g, r in zip(('out', 'dq', 'dk', 'dv'), got, want):
+      g = np.where(valid, g, 0.0) if name == 'out' else np.asarray(g)
+      assert np.all(np.isfinite(g)), (kind, name)
+      err = np.max(np.abs(g - np.asarray(r))) / np.max(np.abs(np.asarray(r)))
+      assert err < 2e-5, (kind, name, err)
 
 
 def test_kernel_never_loads_skipped_blocks():

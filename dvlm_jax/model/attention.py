@@ -25,9 +25,19 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-IMPLEMENTATIONS = ('xla', 'pallas_gpu', 'pallas_interpret', 'splash')
+IMPLEMENTATIONS = ('auto', 'xla', 'tokamax', 'pallas_gpu', 'pallas_interpret', 'splash')
 _BACKEND = {'pallas_gpu': 'gpu', 'splash': 'tpu'}   # kernels that need a device kind
+# What 'auto' runs per backend: the fastest implementation measured there
+# (docs/performance.md); XLA's dense path elsewhere.
+AUTO = {'gpu': 'tokamax', 'tpu': 'splash'}
 _warned: set[str] = set()
+
+
+def resolve(implementation: str) -> str:
+  """The implementation that runs: 'auto' picks per backend (`AUTO`)."""
+  if implementation == 'auto':
+    return AUTO.get(jax.default_backend(), 'xla')
+  return implementation
 
 
 class ScopeMask(NamedTuple):
@@ -41,7 +51,7 @@ def stage_mask(q_scope: jax.Array, k_scope: jax.Array, q_end: jax.Array,
                implementation: str = 'xla'):
   """What one stage passes to its blocks: the dense mask for 'xla' (built once, shared
   by every layer), the scope ids for the kernels (no [B, L, L] array at all)."""
-  if implementation == 'xla':
+  if resolve(implementation) == 'xla':
     return make_mask(q_scope, k_scope, q_end)
   return ScopeMask(q_scope, k_scope, q_end)
 
@@ -71,7 +81,9 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | ScopeMask
   mask: [B, Lq, Lk] bool, or a `ScopeMask`; q_scope/k_scope/q_end: the rule's inputs
   (`make_mask`), which the kernels need. Softmax in float32.
 
-  implementation: 'xla' (reference, dense mask), 'pallas_gpu' (block-sparse Triton
+  implementation: 'auto' (the fastest for the backend: `AUTO`), 'xla' (reference,
+  dense mask), 'tokamax' (tokamax flash attention on per-query key ranges; Mosaic-GPU
+  kernels on Hopper, its XLA reference elsewhere), 'pallas_gpu' (our block-sparse Triton
   kernel), 'pallas_interpret' (the same kernel in Pallas interpret mode, any device),
   'splash' (TPU). A kernel without scope ids, or on the wrong device kind, falls back
   to 'xla' with a warning. XLA gives fully masked rows a finite (uniform) result, the
@@ -82,6 +94,7 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | ScopeMask
     mask = None
   if implementation not in IMPLEMENTATIONS:
     raise ValueError(f'attention implementation {implementation!r}; choose one of {IMPLEMENTATIONS}')
+  implementation = resolve(implementation)
   have_scopes = q_scope is not None and k_scope is not None and q_end is not None
   if implementation != 'xla':
     needs = _BACKEND.get(implementation)
@@ -92,9 +105,14 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | ScopeMask
                  f'{jax.default_backend()}; using xla')
     else:   # one kernel call per device under the mesh in context
       from dvlm_jax.model import kernels
-      from dvlm_jax.model.kernels import range_attention, splash
-      kernel = (splash.splash_attention if implementation == 'splash' else functools.partial(
-          range_attention.range_attention, interpret=implementation == 'pallas_interpret'))
+      from dvlm_jax.model.kernels import range_attention, splash, tokamax_attention
+      if implementation == 'splash':
+        kernel = splash.splash_attention
+      elif implementation == 'tokamax':
+        kernel = tokamax_attention.tokamax_attention
+      else:
+        kernel = functools.partial(range_attention.range_attention,
+                                   interpret=implementation == 'pallas_interpret')
       return kernels.sharded(kernel, q, k, v, q_scope, k_scope, q_end)
   if mask is None:
     if not have_scopes:

@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# Every GPU measurement of docs/performance.md, in one call, on one H100 / H200:
+#
+#   bash benchmarks/gpu_check.sh [PARTS] [OUT_DIR]
+#
+# PARTS (comma-separated, default all): env, attention (document scope, 2k..16k: every
+# implementation checked against float32 XLA, values and gradients, then fwd+bwd timed
+# against cuDNN causal flash attention), scopes (the text-in / image-in scopes at 4k),
+# train (the b1 train step, bf16: attention x remat variants), tune (range-kernel tiles).
+# Logs and JSON lines go to OUT_DIR (default $OUT, else gpu_check_out/):
+#   gpu_check.log   everything printed, attention.jsonl, train_step.jsonl
+# GPU_CHECK_BUDGET_S (default 540) bounds the whole run: a step that would start past it
+# is skipped and named, so a lease never ends mid-way without a summary.
+# Python packages missing on the machine may be carried as wheels in .whl/ (installed
+# to /tmp/site first; see docs/performance.md).
+set -u
+parts=${1:-all}
+out=${2:-${OUT:-gpu_check_out}}
+budget=${GPU_CHECK_BUDGET_S:-540}
+mkdir -p "$out"
+log="$out/gpu_check.log"
+export PYTHONUNBUFFERED=1
+start=$SECONDS
+cd "$(dirname "$0")/.."
+
+want() { [[ $parts == all || ,$parts, == *,$1,* ]]; }
+
+# step NAME LIMIT_S COMMAND...: run with a time limit inside the budget; print its summary.
+step() {
+  local name=$1 limit=$2; shift 2
+  local left=$((budget - (SECONDS - start)))
+  if ((left < 30)); then echo "--- $name: skipped (budget of ${budget}s spent)" | tee -a "$log"; return; fi
+  ((limit > left)) && limit=$left
+  echo "--- $name (limit ${limit}s): $*" >>"$log"
+  local t0=$SECONDS
+  timeout "$limit" "$@" >"$out/step.log" 2>&1
+  local rc=$?
+  cat "$out/step.log" >>"$log"
+  echo "--- $name: rc=$rc in $((SECONDS - t0))s" | tee -a "$log"
+  grep -E "^(L=|  [a-z]|  check|median step|backend|[a-z/0-9_.]+\.py on)|Error|error:" "$out/step.log" \
+    | grep -v "^  File" | cut -c1-220 | tail -n 60
+  rm -f "$out/step.log"
+}
+
+if [[ -d .whl ]] && ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl >>"$log" 2>&1 && export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
+fi
+export PYTHONPATH=$PWD:${PYTHONPATH:-}
+
+if want env; then
+  { date -u; nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv
+    python3 -c "import jax, jaxlib, flax; print('jax', jax.__version__, 'jaxlib', jaxlib.__version__, 'flax', flax.__version__, jax.devices())"
+    python3 -c "import tokamax; print('tokamax', tokamax.__version__)"; } 2>&1 | tee -a "$log"
+fi
+
+if want attention; then
+  step attention 300 python3 benchmarks/attention.py --json "$out/attention.jsonl"
+fi
+
+if want train; then
+  for variant in "tokamax dots" "xla dots" "pallas_gpu dots" "tokamax full" "tokamax none"; do
+    set -- $variant
+    step "train_step $1 $2" 150 python3 benchmarks/train_step.py --config experiments/b1.py \
+      --batch_size 4 --dtype bfloat16 --attention "$1" --remat "$2" --steps 5 --warmup 2 \
+      --json "$out/train_step.jsonl"
+  done
+fi
+
+if want scopes; then
+  for scope in text image; do
+    step "attention scope $scope" 120 python3 benchmarks/attention.py --scope "$scope" \
+      --lengths 4096,16384 --check_max_len 4096 --json "$out/attention.jsonl"
+  done
+fi
+
+if want tune; then
+  for tiles in 64,64,64,64 128,128,64,64 128,64,128,64 64,128,64,128,4,3; do
+    step "range tiles $tiles" 90 python3 benchmarks/attention.py --impls range \
+      --lengths 4096,16384 --no-check --range_blocks "$tiles" --json "$out/attention.jsonl"
+  done
+fi
+echo "--- done in $((SECONDS - start))s" | tee -a "$log"

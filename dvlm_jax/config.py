@@ -54,7 +54,8 @@ def defaults() -> ConfigDict:
   m.param_dtype = 'float32'
   m.remat = 'none'              # none | full | dots (checkpoint policy of each block)
   m.scan_layers = True          # scan the core layers: one compile per block shape
-  m.attention = 'xla'           # xla (reference); kernels plug in here
+  m.attention = 'auto'          # auto: the fastest kernel for the backend (model/attention.py
+                                # AUTO), dense XLA on CPU; or xla | tokamax | pallas_gpu | splash
   m.init_std = 0.02
   # Mixture of experts in the core stack (modality blocks stay dense); docs/architecture.md.
   m.moe_experts = 0             # 0 = dense SwiGLU MLP; > 0 = experts per core layer

@@ -413,6 +413,12 @@ def test_attend_dispatch(caplog):
   assert 'using xla' in caplog.text
   with pytest.raises(ValueError, match='choose one of'):
     attention.attend(q, k, v, mask, implementation='flash')
+  # 'auto' is the measured-fastest kernel on GPU / TPU, the dense XLA path here (bit for bit).
+  assert attention.AUTO == {'gpu': 'pallas_gpu', 'tpu': 'splash'}
+  assert attention.resolve('auto') == 'xla' and attention.resolve('splash') == 'splash'
+  assert not isinstance(attention.stage_mask(scope, scope, end, 'auto'), attention.ScopeMask)
+  np.testing.assert_array_equal(np.asarray(attention.attend(q, k, v, mask, implementation='auto')),
+                                xla)
 
 
 def test_config_accepts_the_kernels():

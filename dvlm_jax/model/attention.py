@@ -28,8 +28,9 @@ import jax.numpy as jnp
 IMPLEMENTATIONS = ('auto', 'xla', 'tokamax', 'pallas_gpu', 'pallas_interpret', 'splash')
 _BACKEND = {'pallas_gpu': 'gpu', 'splash': 'tpu'}   # kernels that need a device kind
 # What 'auto' runs per backend: the fastest implementation measured there
-# (docs/performance.md); XLA's dense path elsewhere.
-AUTO = {'gpu': 'tokamax', 'tpu': 'splash'}
+# (docs/performance.md; on an H200 the range kernel, since tokamax 0.0.12's Mosaic-GPU
+# kernel did not build under jax 0.11.2); XLA's dense path elsewhere.
+AUTO = {'gpu': 'pallas_gpu', 'tpu': 'splash'}
 _warned: set[str] = set()
 
 

@@ -49,14 +49,19 @@ _MIN_BLOCK = 16  # Triton's dot needs every matmul dimension >= 16
 
 @dataclasses.dataclass(frozen=True)
 class BlockSizes:
-  """Tile sizes. Starting points for an H100 (FlashAttention-2 Triton defaults); tune
-  with benchmarks/attention.py. All must be powers of two >= 16."""
-  block_q: int = 128          # forward: queries per program
+  """Tile sizes. All must be powers of two >= 16.
+
+  Defaults: the fastest fwd+bwd of the five settings timed on an H200 at L=4096, head_dim
+  128 (benchmarks/gpu_check.sh, docs/performance.md): 64 x 64 tiles, 4 warps, 3 stages
+  took 2.33 ms against 2.77-3.39 ms for 128 x 64 / 128 x 128 forward tiles or 8 warps
+  and 2 stages. Tune others with `benchmarks/attention.py --range_blocks`.
+  """
+  block_q: int = 64           # forward: queries per program
   block_k: int = 64           # forward: keys per inner step
   block_q_bwd: int = 64       # backward: queries per dQ program / per dK,dV inner step
   block_k_bwd: int = 64       # backward: keys per dK,dV program / per dQ inner step
-  num_warps: int | None = None  # None: 4 for head_dim <= 64, else 8
-  num_stages: int = 2
+  num_warps: int | None = 4   # None: 4 for head_dim <= 64, else 8
+  num_stages: int = 3
 
   def clipped(self, lq: int, lk: int) -> 'BlockSizes':
     """Blocks no larger than the (power-of-two rounded) sequence, so short rows work."""

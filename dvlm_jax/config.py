@@ -164,6 +164,8 @@ def defaults() -> ConfigDict:
   k.keep = 3                    # keep the last K
   k.keep_period = 0             # also keep every M-th step forever (0 = off)
   k.async_save = True
+  k.restore = 'full'            # full | params_only: resume a run whose config changed from its
+                                # newest weights, with a new optimizer and data stream
 
   c.distributed = ConfigDict()  # multi-host; empty = auto-detect (SLURM, TPU pod) or single
   c.distributed.coordinator = ''
@@ -173,6 +175,7 @@ def defaults() -> ConfigDict:
   c.debug = ConfigDict()        # fault injection, used by tests
   c.debug.nan_at_steps = ()     # make the loss NaN at these steps
   c.debug.crash_at_step = 0     # hard-exit the process after this step (simulates a kill)
+  c.debug.save_error_at_step = 0  # the save of this step fails like a full disk (ENOSPC)
   return c
 
 
@@ -259,6 +262,26 @@ def set_key(config: ConfigDict, dotted: str, text: str) -> None:
   node[leaf] = _parse_like(node[leaf], text, dotted)
 
 
+def _parse_tuple(current, text: str) -> tuple:
+  """A tuple from the forms people type: a Python literal ('(1, 2)', "'a:1','b:2'"), or
+  bare comma-separated words ('shapes', 'shapes,glyphs', 'shapes:1,glyphs:2'). Items of
+  a tuple of (name, weight) pairs may be written 'name:weight'."""
+  text = text.strip()
+  try:
+    value = ast.literal_eval(text if text.startswith(('(', '[')) else f'({text},)')
+  except (ValueError, SyntaxError):
+    value = tuple(w.strip() for w in text.split(',') if w.strip())
+  value = tuple(value)
+  pairs = bool(current) and all(isinstance(x, (tuple, list)) and len(x) == 2 for x in current)
+  if pairs and all(isinstance(x, str) for x in value):   # 'name:weight' -> (name, weight)
+    out = []
+    for item in value:
+      name, sep, weight = item.partition(':')
+      out.append((name, float(weight) if sep else 1.0))
+    return tuple(out)
+  return value
+
+
 def _parse_like(current: Any, text: str, key: str) -> Any:
   try:
     if isinstance(current, bool):
@@ -272,8 +295,7 @@ def _parse_like(current: Any, text: str, key: str) -> Any:
     if isinstance(current, float):
       return float(text)
     if isinstance(current, (tuple, list)):
-      value = ast.literal_eval(text if text.strip().startswith(('(', '[')) else f'({text},)')
-      return tuple(value)
+      return _parse_tuple(current, text)
     if current is None:
       try:
         return ast.literal_eval(text)
@@ -281,8 +303,10 @@ def _parse_like(current: Any, text: str, key: str) -> Any:
         return text
     return type(current)(text)
   except (ValueError, SyntaxError) as e:
+    example = (" (a tuple: --config.KEY=a,b or --config.KEY=\"'a','b'\")"
+               if isinstance(current, (tuple, list)) else '')
     raise ConfigError(f"config key '{key}': cannot read {text!r} as "
-                      f'{type(current).__name__}') from e
+                      f'{type(current).__name__}{example}') from e
 
 
 # -------------------------------------------------------------------------- validation
@@ -366,6 +390,8 @@ def validate(c: ConfigDict) -> None:
   _check(0.0 <= c.optim.ema_decay < 1.0, 'optim.ema_decay', 'must lie in [0, 1)')
   _check(c.checkpoint.every >= 1, 'checkpoint.every', 'must be >= 1')
   _check(c.checkpoint.keep >= 1, 'checkpoint.keep', 'must be >= 1')
+  _check(c.checkpoint.restore in ('full', 'params_only'), 'checkpoint.restore',
+         f'full | params_only, got {c.checkpoint.restore!r}')
   _validate_eval(c.eval)
 
 

@@ -17,6 +17,7 @@ import os
 import signal
 
 import jax
+import numpy as np
 from jax.experimental import multihost_utils
 
 log = logging.getLogger(__name__)
@@ -72,3 +73,15 @@ class Preemption:
     if self._multi:
       return multihost_utils.reached_preemption_sync_point(step)
     return self._requested
+
+
+def broadcast_text(text: str, max_bytes: int = 2048) -> str:
+  """Process 0's `text` on every process (a decision only process 0 can take, such as
+  'this workdir is locked', must stop every process alike)."""
+  if jax.process_count() == 1:
+    return text
+  buf = np.zeros(max_bytes, np.uint8)
+  data = text.encode()[:max_bytes]
+  buf[:len(data)] = np.frombuffer(data, np.uint8)
+  out = np.asarray(multihost_utils.broadcast_one_to_all(buf))
+  return bytes(out[out != 0].tolist()).decode(errors='replace')

@@ -38,11 +38,12 @@ def main(argv=None) -> int:
   args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
   from dvlm_jax.evaluation import runner
   from dvlm_jax.inference.api import VLM
+  from dvlm_jax.training.checkpoints import CheckpointError
   try:
     vlm = VLM.from_workdir(args.workdir, step=args.step, ema=args.ema)
     # The model and data are those of the run: only eval.* may change.
     cfg_lib.apply_overrides(vlm.config, overrides, only='eval.')
-  except (FileNotFoundError, ValueError) as e:   # ConfigError is a ValueError
+  except (FileNotFoundError, ValueError, CheckpointError) as e:   # ConfigError is a ValueError
     print(f'error: {e}', file=sys.stderr)
     return 2
   start = time.perf_counter()

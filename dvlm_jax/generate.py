@@ -136,10 +136,11 @@ def run(args) -> None:
 
 
 def main(argv=None) -> int:
+  from dvlm_jax.training.checkpoints import CheckpointError
   args = parse_args(sys.argv[1:] if argv is None else argv)
   try:
     run(args)
-  except (FileNotFoundError, ValueError) as e:
+  except (FileNotFoundError, ValueError, CheckpointError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
   return 0

@@ -17,6 +17,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from dvlm_jax.config import ConfigError
+
 MESH_AXES = ('data', 'fsdp', 'expert', 'tensor')
 
 
@@ -38,6 +40,39 @@ def mesh_shape(config, num_devices: int) -> tuple[int, ...]:
     raise ValueError(f'config.mesh.expert: model.moe_experts={experts} do not divide over '
                      f'{expert_axis} expert devices')
   return tuple(sizes)
+
+
+def check(config, num_devices: int, num_processes: int = 1) -> None:
+  """Everything the mesh must divide, checked before any parameter is built.
+
+  Raises ConfigError (one line naming the key): the mesh against the device count, the
+  batch rows against the data-parallel axes and the processes, and each sharded model
+  dimension (heads, kv heads, MLP width, vocabulary, experts) against its mesh axes.
+  """
+  try:
+    sizes = dict(zip(MESH_AXES, mesh_shape(config, num_devices)))
+  except ValueError as e:
+    raise ConfigError(str(e)) from e
+  m = config.model
+  dims = {'batch': ('data.batch_size', config.data.batch_size),
+          'heads': ('model.n_heads', m.n_heads), 'kv_heads': ('model.n_kv_heads', m.n_kv_heads),
+          'mlp': ('model.mlp_dim', m.mlp_dim), 'vocab': ('model.vocab_size', m.vocab_size),
+          'embed': ('model.d_model', m.d_model),
+          'diff_width': ('diffusion.width', config.diffusion.width),
+          'exp': ('model.moe_experts', m.get('moe_experts', 0))}
+  for name, axes in rules(config):
+    if name not in dims or not dims[name][1]:
+      continue
+    key, size = dims[name]
+    axes = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+    split = math.prod(sizes[a] for a in axes)
+    if size % split:
+      over = ' x '.join(f'mesh.{a}={sizes[a]}' for a in axes)
+      raise ConfigError(f'config.{key}={size} does not divide over {over} ({split} devices); '
+                       f'change one of them')
+  if config.data.batch_size % num_processes:
+    raise ConfigError(f'config.data.batch_size={config.data.batch_size} does not divide over '
+                     f'{num_processes} processes (each feeds its own rows)')
 
 
 def make_mesh(config, devices=None) -> Mesh:

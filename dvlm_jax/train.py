@@ -23,7 +23,7 @@ from dvlm_jax.data import decode, layout, pipeline
 from dvlm_jax.evaluation import runner as eval_runner
 from dvlm_jax.model.dvlm import DreamVLM
 from dvlm_jax.model.layers import ModelConfig
-from dvlm_jax.training import checkpoints, flops, losses, metrics as metrics_lib
+from dvlm_jax.training import checkpoints, flops, losses, metrics as metrics_lib, run_dir
 from dvlm_jax.training import optimizer as optim_lib
 from dvlm_jax.training import step as step_lib
 
@@ -42,13 +42,36 @@ def parse_args(argv):
   return parser.parse_args(rest), overrides
 
 
-def write_run_info(workdir: str, config, mesh) -> None:
-  with open(os.path.join(workdir, 'config.json'), 'w') as f:
-    f.write(cfg_lib.to_json(config))
+def write_mesh_info(workdir: str, mesh) -> None:
   with open(os.path.join(workdir, 'mesh.json'), 'w') as f:
     f.write(cfg_lib.json.dumps({
         'axes': dict(mesh.shape), 'processes': jax.process_count(),
         'devices': [str(d) for d in mesh.devices.flat]}, indent=2))
+
+
+def open_workdir(config, workdir: str) -> run_dir.Lock:
+  """Checks that need no compile: the workdir is usable and ours alone, the mesh divides
+  everything, and its checkpoints (if any) were trained under this config. Raises
+  RunDirError / ConfigError with one line; on any failure nothing in DIR has changed."""
+  sharding.check(config, jax.device_count(), jax.process_count())
+  main_process = jax.process_index() == 0
+  lock = run_dir.Lock(workdir)
+  failure = ''
+  if main_process:
+    try:
+      run_dir.prepare(workdir)
+      note = lock.acquire()
+      if note:
+        logging.getLogger(__name__).warning('%s', note)
+      if checkpoints.complete_steps(os.path.join(workdir, 'checkpoints')):
+        run_dir.check_resume(workdir, config, jax.process_count())
+    except run_dir.RunDirError as e:
+      lock.release()
+      failure = str(e)
+  failure = distributed.broadcast_text(failure)   # every process stops, or none
+  if failure:
+    raise run_dir.RunDirError(failure)
+  return lock
 
 
 def print_eval_summary(workdir: str, step: int) -> None:
@@ -63,11 +86,16 @@ def print_eval_summary(workdir: str, step: int) -> None:
 def train(config, workdir: str) -> dict[str, float]:
   """Trains to `config.train.steps`, resuming from DIR's checkpoints; returns the last metrics."""
   main_process = jax.process_index() == 0
-  os.makedirs(workdir, exist_ok=True)
+  lock = open_workdir(config, workdir)
+  try:
+    return _train(config, workdir, main_process)
+  finally:
+    lock.release()
+
+
+def _train(config, workdir: str, main_process: bool) -> dict[str, float]:
   mesh = sharding.make_mesh(config)
   axis_rules = sharding.rules(config)
-  if main_process:
-    write_run_info(workdir, config, mesh)
 
   model = DreamVLM(ModelConfig.from_config(config))
   data = pipeline.batches_for(config)                   # this process's rows, checkpointable
@@ -81,9 +109,19 @@ def train(config, workdir: str) -> dict[str, float]:
   ckpt = checkpoints.Checkpointer(workdir, config)
   abstract, state_shardings = step_lib.abstract_state(model, optimizer, batch_spec, init_rng,
                                                       mesh, axis_rules, ema=ema)
-  state, start = ckpt.restore_latest(abstract, data)
-  if state is None:
+  if config.checkpoint.restore == 'params_only':   # new optimizer and data from these weights
     state, _ = step_lib.init_state(model, optimizer, batch_spec, init_rng, mesh, axis_rules, ema=ema)
+    params, start = ckpt.restore_params_only(abstract.params)
+    if params is not None:
+      state = state.replace(params=params, step=jax.numpy.asarray(start, state.step.dtype))
+  else:
+    state, start = ckpt.restore_latest(abstract, data)
+    if state is None:
+      state, _ = step_lib.init_state(model, optimizer, batch_spec, init_rng, mesh, axis_rules,
+                                     ema=ema)
+  if main_process:   # only now: a refused resume leaves config.json as it was
+    run_dir.record_start(workdir, config, start, jax.process_count())
+    write_mesh_info(workdir, mesh)
   n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
   if main_process:
     print(f'{"resumed at step " + str(start) if start else "new run"}: {n_params / 1e6:.2f}M '
@@ -102,6 +140,7 @@ def train(config, workdir: str) -> dict[str, float]:
   profile = tuple(config.train.profile_steps)
   last, step_flops = {}, 0.0
 
+  failed = True
   try:
     for step in range(start + 1, config.train.steps + 1):
       if profile and step == profile[0]:
@@ -139,11 +178,20 @@ def train(config, workdir: str) -> dict[str, float]:
       if step == config.debug.crash_at_step:   # fault injection: die like a killed process
         ckpt.wait()                             # (after the last save landed: a deterministic test)
         os._exit(17)
-  finally:  # pending saves always land (or fail loudly) before we leave
-    ckpt.wait()
-    ckpt.close()
+    failed = False
+  finally:  # pending saves always land (or fail loudly, unless we are failing already)
+    ckpt.finish(raise_errors=not failed)
     logger.close()
   return last
+
+
+def fail(message: str, code: int) -> int:
+  """One line on stderr and exit now: background checkpoint threads would otherwise print
+  pages of shutdown tracebacks (asyncio 'Event loop is closed') over the message."""
+  print(f'error: {message}', file=sys.stderr, flush=True)
+  sys.stdout.flush()
+  logging.shutdown()
+  os._exit(code)
 
 
 def main(argv=None) -> int:
@@ -159,11 +207,11 @@ def main(argv=None) -> int:
   try:
     train(config, args.workdir)
   except (pipeline.DataError, decode.TooManyBadRecords) as e:
-    print(f'error: data: {e}', file=sys.stderr)
-    return 2
+    return fail(f'data: {e}', 2)
+  except (run_dir.RunDirError, checkpoints.CheckpointError, cfg_lib.ConfigError) as e:
+    return fail(str(e), 2)   # ConfigError here: sharding.check's mesh / divisibility lines
   except NonFiniteError as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 3
+    return fail(str(e), 3)
   if jax.process_index() == 0:
     print(f'done in {time.perf_counter() - start:.1f}s', flush=True)
   return 0

@@ -29,6 +29,8 @@ the original would have (with any worker count).
 
 from __future__ import annotations
 
+import difflib
+
 import logging
 from typing import Any, Mapping, Sequence
 
@@ -138,6 +140,11 @@ def open_source(name: str, config) -> Sequence:
   """
   from dvlm_jax.data import builders   # imports TFDS: only when real data is read
   data_dir, split = str(config.data.data_dir), str(config.data.split)
+  if name not in builders.BUILDERS:   # a typo: suggest what exists, never a build that fails
+    close = difflib.get_close_matches(name, list(builders.BUILDERS), n=1)
+    raise DataError(f'data.mixture: no data set {name!r}'
+                    + (f"; did you mean '{close[0]}'?" if close else '')
+                    + f' (builders: {", ".join(builders.BUILDERS)})')
   build = f'python -m dvlm_jax.data.build {name} --data_dir {data_dir}'
   try:
     splits = builders.open_splits(data_dir, name)

@@ -111,6 +111,7 @@ def load(workdir: str, step: int | None = None, ema: bool = False) -> Loaded:
     hint = ' (the run kept no EMA: optim.ema_decay was 0)' if ema else ''
     raise FileNotFoundError(f'checkpoint {chosen} of {workdir!r} has no {item!r}{hint}')
   model = build_model(config)
+  # step None: the newest step that restores (a damaged one is skipped with a warning).
   params, restored = checkpoints.restore_params(workdir, abstract_params(model, config),
-                                                step=chosen, ema=ema)
+                                                step=step, ema=ema)
   return Loaded(config, model, params, int(restored))

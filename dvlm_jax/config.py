@@ -97,7 +97,7 @@ def defaults() -> ConfigDict:
   # Grain pipeline over built TFDS data sets (source 'tfds'; dvlm_jax/data/pipeline.py).
   c.data.data_dir = 'data'      # where `python -m dvlm_jax.data.build NAME --data_dir DIR` wrote
   c.data.split = 'train'
-  # (tfds name, weight) pairs; on the command line e.g. --config.data.mixture="'shapes:1','twemoji:2'"
+  # (tfds name, weight) pairs; on the command line e.g. --config.data.mixture=shapes:1,twemoji:2
   c.data.mixture = (('shapes', 1.0), ('twemoji', 1.0))
   c.data.shuffle = True         # seeded (data.seed) shuffle of every source, new order per epoch
   c.data.worker_count = 0       # decode/layout processes; 0 = in the training process

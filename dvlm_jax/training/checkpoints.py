@@ -142,7 +142,8 @@ class Checkpointer:
       path = os.path.join(self.directory, str(step), name)
       if os.path.isdir(path):
         try:
-          meta = ocp.StandardCheckpointer().metadata(path)
+          with ocp.StandardCheckpointer() as reader:   # closed: no thread outlives the check
+            meta = reader.metadata(path)
           saved[name] = getattr(meta, 'item_metadata', meta)
         except Exception:  # pylint: disable=broad-except  # unreadable: damage, not difference
           return
@@ -157,6 +158,8 @@ class Checkpointer:
       try:
         have, want = _shape_tree(saved[name]), _shape_tree(wanted[name])
       except Exception:  # pylint: disable=broad-except
+        return
+      if not have:   # the item's files are gone: damage, not difference
         return
       if name == 'opt':   # optax namedtuples vs the saved dicts: compare the shapes alone
         if sorted(have.values()) != sorted(want.values()):

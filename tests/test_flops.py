@@ -1,8 +1,12 @@
 """FLOP counting: attention pairs match the real masks; each stage counts its own tokens."""
 
+import flax.linen as nn
+import jax
 import numpy as np
 
 from dvlm_jax.model import attention
+from dvlm_jax.model.dvlm import DreamVLM
+from dvlm_jax.model.layers import ModelConfig
 from dvlm_jax.training import flops
 from tests.conftest import image_batch, tiny_config
 
@@ -21,25 +25,50 @@ def test_visible_pairs_equal_the_mask_of_every_scope():
 def test_stage_counts_follow_the_switches():
   config = tiny_config()
   batch = image_batch(config)
-  full = flops.train_step_flops(config, batch)
-  assert full > 0
-  # Removing the out blocks removes exactly their block FLOPs.
-  no_out = tiny_config('no_out_blocks')
-  m = config.model
-  n_text = np.count_nonzero(batch['text_weights'] > 0)
-  n_img = np.count_nonzero(batch['image_weights'] > 0)
-  keys = np.count_nonzero(batch['segment_ids'])
-  pairs = flops.visible_pairs(batch['segment_ids'], batch['attn_end'])
-  def block(nq, pq):
-    return flops._block_flops(m, nq, keys, pq)
-  expected = flops.TRAIN_FACTOR * (
-      block(n_text, pairs[batch['text_weights'] > 0].sum())
-      + 2 * block(n_img, pairs[batch['image_weights'] > 0].sum()))
-  assert abs((full - flops.train_step_flops(no_out, batch)) - expected) < 1e-6 * full
+  useful = flops.stage_flops(config, batch)
+  assert set(useful) == set(flops.STAGES) and all(v > 0 for v in useful.values())
+  assert flops.train_step_flops(config, batch) == flops.TRAIN_FACTOR * sum(useful.values())
+  # Without out blocks those stages cost nothing and nothing else changes.
+  no_out = flops.stage_flops(tiny_config('no_out_blocks'), batch)
+  for stage, value in no_out.items():
+    assert value == (0.0 if stage.endswith('_out') else useful[stage]), stage
+  # Each stage's useful work is part of what the model computes today.
+  rows, length = batch['segment_ids'].shape
+  implemented = flops.implemented_stage_flops(config, rows, length)
+  assert all(useful[s] <= implemented[s] for s in flops.STAGES)
   # Bidirectional image blocks cost more attention than causal ones.
   causal = tiny_config('causal_images')
   cb = image_batch(causal)
+  pairs = flops.visible_pairs(batch['segment_ids'], batch['attn_end'])
   assert flops.visible_pairs(cb['segment_ids'], cb['attn_end']).sum() < pairs.sum()
+
+
+def xla_flops(fn, *args) -> float:
+  cost = jax.jit(fn).lower(*args).compile().cost_analysis()
+  return float((cost[0] if isinstance(cost, list) else cost)['flops'])
+
+
+def test_implemented_flops_are_what_xla_counts():
+  """The block, head and diffusion-head formulas against XLA's cost analysis of the
+  compiled forward pass (dense attention, layers unrolled: XLA counts a scanned body
+  once). XLA also counts norms, softmax and rotary, so it may exceed the matmul count
+  by a little, never fall short."""
+  config = tiny_config(model__d_model=256, model__n_heads=4, model__n_kv_heads=2,
+                       model__head_dim=64, model__mlp_dim=512, model__attention='xla',
+                       model__scan_layers=False)
+  batch = image_batch(config)
+  model = DreamVLM(ModelConfig.from_config(config))
+  params = nn.unbox(jax.eval_shape(lambda b: model.init(jax.random.key(0), b), batch))['params']
+  rows, length = batch['segment_ids'].shape
+  want = flops.implemented_stage_flops(config, rows, length)
+  forward = xla_flops(lambda p, b: model.apply({'params': p}, b), params, batch)
+  blocks_and_heads = sum(v for k, v in want.items() if k != 'diffusion_head')
+  assert 1.0 <= forward / blocks_and_heads < 1.02, forward / blocks_and_heads
+  shape = lambda *s: jax.ShapeDtypeStruct((rows, length, *s), np.float32)
+  denoise = xla_flops(lambda p, x, t, c: model.apply({'params': p}, x, t, c, method=DreamVLM.denoise),
+                      params, shape(config.image.patch_size ** 2 * 3), shape(), shape(256))
+  per_sample = want['diffusion_head'] / config.diffusion.noise_samples
+  assert 1.0 <= denoise / per_sample < 1.05, denoise / per_sample
 
 
 def test_peak_flops_known_for_gpus_unknown_for_cpu():

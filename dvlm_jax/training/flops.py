@@ -84,8 +84,13 @@ def diffusion_head_flops(config) -> float:
   return 2 * p * w + 2 * w * w + 2 * d * w + depth * per_block + 2 * w * 2 * w + 2 * w * p
 
 
-def train_step_flops(config, batch) -> float:
-  """Training FLOPs (forward + backward) of one step on `batch` (numpy, contract fields)."""
+STAGES = ('text_in', 'image_in', 'core', 'text_out', 'imun_out', 'imgen_out', 'patch_embed',
+          'lm_head', 'patch_head', 'diffusion_head')
+
+
+def stage_flops(config, batch) -> dict[str, float]:
+  """Useful forward FLOPs per stage of one batch (numpy, contract fields): each stage over
+  the tokens it serves, attention over the pairs its mask lets through (docs/flops.md)."""
   m = config.model
   modality, seg, attn_end = batch['modality'], batch['segment_ids'], batch['attn_end']
   is_text, is_image = modality == TEXT, modality == IMAGE
@@ -100,24 +105,56 @@ def train_step_flops(config, batch) -> float:
     return layers * _block_flops(m, float(np.count_nonzero(queries)), float(np.count_nonzero(keys)),
                                  float(np.sum(pairs[queries])), moe)
 
-  f = 0.0
   text_scope = np.where(is_text, seg, 0)
-  f += block_stack(m.text_in_layers, is_text, is_text, visible_pairs(text_scope, own))
-  f += block_stack(m.image_in_layers, is_image, is_image, visible_pairs(batch['image_id'], attn_end))
-  f += block_stack(m.core_layers, seg > 0, seg > 0, doc_pairs, m.get('moe_experts', 0) > 0)
-  f += block_stack(m.text_out_layers, text_loss, seg > 0, doc_pairs)
-  if m.imun_head:
-    f += block_stack(m.imun_out_layers, image_loss, seg > 0, doc_pairs)
-  if m.diffusion_head:
-    f += block_stack(m.imgen_out_layers, image_loss, seg > 0, doc_pairs)
-
   patch_dim = config.image.patch_size ** 2 * 3
   n_text, n_image = float(np.count_nonzero(text_loss)), float(np.count_nonzero(image_loss))
-  f += 2 * np.count_nonzero(is_image) * patch_dim * m.d_model           # patch embedding
-  f += 2 * n_text * m.d_model * m.vocab_size                             # LM head
-  if m.imun_head:
-    f += 2 * n_image * m.d_model * patch_dim
-  if m.diffusion_head:
-    f += n_image * config.diffusion.noise_samples * diffusion_head_flops(config)
-  return TRAIN_FACTOR * f
+  return {
+      'text_in': block_stack(m.text_in_layers, is_text, is_text, visible_pairs(text_scope, own)),
+      'image_in': block_stack(m.image_in_layers, is_image, is_image,
+                              visible_pairs(batch['image_id'], attn_end)),
+      'core': block_stack(m.core_layers, seg > 0, seg > 0, doc_pairs, m.get('moe_experts', 0) > 0),
+      'text_out': block_stack(m.text_out_layers, text_loss, seg > 0, doc_pairs),
+      'imun_out': block_stack(m.imun_out_layers, image_loss, seg > 0, doc_pairs) if m.imun_head else 0.0,
+      'imgen_out': (block_stack(m.imgen_out_layers, image_loss, seg > 0, doc_pairs)
+                    if m.diffusion_head else 0.0),
+      'patch_embed': 2 * np.count_nonzero(is_image) * patch_dim * m.d_model,
+      'lm_head': 2 * n_text * m.d_model * m.vocab_size,
+      'patch_head': 2 * n_image * m.d_model * patch_dim if m.imun_head else 0.0,
+      'diffusion_head': (n_image * config.diffusion.noise_samples * diffusion_head_flops(config)
+                         if m.diffusion_head else 0.0),
+  }
 
+
+def implemented_stage_flops(config, rows: int, length: int,
+                            attention_pairs: dict[str, float] | None = None) -> dict[str, float]:
+  """Forward FLOPs per stage of what the model computes today for [rows, length]: every
+  stage and head over every position of the row, attention over all L x L pairs (dense
+  XLA), or over `attention_pairs[stage]` (e.g. the tiles a block-sparse kernel visits).
+  `useful / implemented` is the share of the work not thrown away (flops_audit.py)."""
+  m = config.model
+  n = float(rows * length)
+  dense = float(rows) * length * length
+  stage_pairs = lambda stage: (attention_pairs or {}).get(stage, dense)
+
+  def block_stack(layers, moe=False, stage='core'):
+    return layers * _block_flops(m, n, n, stage_pairs(stage), moe) if layers else 0.0
+
+  patch_dim = config.image.patch_size ** 2 * 3
+  return {
+      'text_in': block_stack(m.text_in_layers, stage='text_in'),
+      'image_in': block_stack(m.image_in_layers, stage='image_in'),
+      'core': block_stack(m.core_layers, m.get('moe_experts', 0) > 0),
+      'text_out': block_stack(m.text_out_layers, stage='text_out'),
+      'imun_out': block_stack(m.imun_out_layers, stage='imun_out') if m.imun_head else 0.0,
+      'imgen_out': block_stack(m.imgen_out_layers, stage='imgen_out') if m.diffusion_head else 0.0,
+      'patch_embed': 2 * n * patch_dim * m.d_model,
+      'lm_head': 2 * n * m.d_model * m.vocab_size,
+      'patch_head': 2 * n * m.d_model * patch_dim if m.imun_head else 0.0,
+      'diffusion_head': (n * config.diffusion.noise_samples * diffusion_head_flops(config)
+                         if m.diffusion_head else 0.0),
+  }
+
+
+def train_step_flops(config, batch) -> float:
+  """Training FLOPs (forward + backward) of one step on `batch` (numpy, contract fields)."""
+  return TRAIN_FACTOR * sum(stage_flops(config, batch).values())

@@ -59,7 +59,8 @@ if want attention; then
 fi
 
 if want train; then
-  for variant in "tokamax dots" "xla dots" "pallas_gpu dots" "tokamax full" "tokamax none"; do
+  # auto = pallas_gpu on GPUs; tokamax last: it did not build under jax 0.11.2 (docs/performance.md)
+  for variant in "auto dots" "auto full" "xla dots" "auto none" "tokamax dots"; do
     set -- $variant
     step "train_step $1 $2" 150 python3 benchmarks/train_step.py --config experiments/b1.py \
       --batch_size 4 --dtype bfloat16 --attention "$1" --remat "$2" --steps 5 --warmup 2 \
@@ -75,8 +76,9 @@ if want scopes; then
 fi
 
 if want tune; then
-  for tiles in 64,64,64,64 128,128,64,64 128,64,128,64 64,128,64,128,4,3; do
-    step "range tiles $tiles" 90 python3 benchmarks/attention.py --impls range \
+  # around the tuned default (64,64,64,64, 4 warps, 3 stages), at the b1 length and at 16k
+  for tiles in 64,64,64,64,4,3 128,64,64,64,4,3 64,64,64,64,4,4 128,128,64,64,8,3; do
+    step "range tiles $tiles" 90 python3 benchmarks/attention.py --impls range,cudnn \
       --lengths 4096,16384 --no-check --range_blocks "$tiles" --json "$out/attention.jsonl"
   done
 fi

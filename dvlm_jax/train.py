@@ -42,13 +42,6 @@ def parse_args(argv):
   return parser.parse_args(rest), overrides
 
 
-def write_mesh_info(workdir: str, mesh) -> None:
-  with open(os.path.join(workdir, 'mesh.json'), 'w') as f:
-    f.write(cfg_lib.json.dumps({
-        'axes': dict(mesh.shape), 'processes': jax.process_count(),
-        'devices': [str(d) for d in mesh.devices.flat]}, indent=2))
-
-
 def open_workdir(config, workdir: str) -> run_dir.Lock:
   """Checks that need no compile: the workdir is usable and ours alone, the mesh divides
   everything, and its checkpoints (if any) were trained under this config. Raises
@@ -120,8 +113,7 @@ def _train(config, workdir: str, main_process: bool) -> dict[str, float]:
       state, _ = step_lib.init_state(model, optimizer, batch_spec, init_rng, mesh, axis_rules,
                                      ema=ema)
   if main_process:   # only now: a refused resume leaves config.json as it was
-    run_dir.record_start(workdir, config, start, jax.process_count())
-    write_mesh_info(workdir, mesh)
+    run_dir.record_start(workdir, config, start, mesh)
   n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
   if main_process:
     print(f'{"resumed at step " + str(start) if start else "new run"}: {n_params / 1e6:.2f}M '

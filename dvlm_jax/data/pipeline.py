@@ -30,7 +30,6 @@ the original would have (with any worker count).
 from __future__ import annotations
 
 import difflib
-
 import logging
 from typing import Any, Mapping, Sequence
 

@@ -90,17 +90,10 @@ def abstract_params(model: DreamVLM, config, device=None):
   return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes)
 
 
-def _steps(workdir: str) -> list[int]:
-  directory = os.path.join(workdir, 'checkpoints')
-  if not os.path.isdir(directory):
-    return []
-  return sorted(int(n) for n in os.listdir(directory) if n.isdigit())
-
-
 def load(workdir: str, step: int | None = None, ema: bool = False) -> Loaded:
   """Config, model and params (or their EMA) of `step` (None = newest) of a run."""
   config = read_config(workdir)
-  steps = _steps(workdir)
+  steps = checkpoints.complete_steps(os.path.join(workdir, 'checkpoints'))
   if not steps:
     raise FileNotFoundError(f'no checkpoint in {os.path.join(workdir, "checkpoints")!r}')
   if step is not None and step not in steps:

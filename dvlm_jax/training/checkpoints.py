@@ -148,10 +148,11 @@ class Checkpointer:
         except Exception:  # pylint: disable=broad-except  # unreadable: damage, not difference
           return
     # A missing params / opt item is damage; EMA present on one side only is a difference.
-    problems = [f'the configured run keeps an EMA (optim.ema_decay > 0), the checkpoint none'
-                for name in wanted if name == 'ema' and name not in saved]
-    problems += [f'the checkpoint holds an EMA, the configured run none (optim.ema_decay=0)'
-                 for name in saved if name == 'ema' and name not in wanted]
+    problems = []
+    if ('ema' in wanted) != ('ema' in saved):
+      problems.append('the checkpoint holds an EMA, the configured run none (optim.ema_decay=0)'
+                      if 'ema' in saved else
+                      'the configured run keeps an EMA (optim.ema_decay > 0), the checkpoint none')
     for name in ('params', 'ema', 'opt'):
       if name not in wanted or name not in saved:
         continue

@@ -88,41 +88,50 @@ STAGES = ('text_in', 'image_in', 'core', 'text_out', 'imun_out', 'imgen_out', 'p
           'lm_head', 'patch_head', 'diffusion_head')
 
 
+def _per_stage(config, stack, n_image: float, n_text_loss: float,
+               n_image_loss: float) -> dict[str, float]:
+  """Forward FLOPs per stage: `stack(stage, layers)` gives a block stack's, the heads
+  follow from the token counts they run on."""
+  m = config.model
+  layers = {'text_in': m.text_in_layers, 'image_in': m.image_in_layers, 'core': m.core_layers,
+            'text_out': m.text_out_layers, 'imun_out': m.imun_out_layers if m.imun_head else 0,
+            'imgen_out': m.imgen_out_layers if m.diffusion_head else 0}
+  out = {stage: stack(stage, n) if n else 0.0 for stage, n in layers.items()}
+  patch_dim = config.image.patch_size ** 2 * 3
+  out['patch_embed'] = 2 * n_image * patch_dim * m.d_model
+  out['lm_head'] = 2 * n_text_loss * m.d_model * m.vocab_size
+  out['patch_head'] = 2 * n_image_loss * m.d_model * patch_dim if m.imun_head else 0.0
+  out['diffusion_head'] = (n_image_loss * config.diffusion.noise_samples
+                           * diffusion_head_flops(config) if m.diffusion_head else 0.0)
+  return out
+
+
+def _moe(config, stage: str) -> bool:
+  return stage == 'core' and config.model.get('moe_experts', 0) > 0
+
+
 def stage_flops(config, batch) -> dict[str, float]:
   """Useful forward FLOPs per stage of one batch (numpy, contract fields): each stage over
   the tokens it serves, attention over the pairs its mask lets through (docs/flops.md)."""
-  m = config.model
   modality, seg, attn_end = batch['modality'], batch['segment_ids'], batch['attn_end']
   is_text, is_image = modality == TEXT, modality == IMAGE
-  text_loss = batch['text_weights'] > 0
-  image_loss = batch['image_weights'] > 0
+  text_loss, image_loss = batch['text_weights'] > 0, batch['image_weights'] > 0
   doc_pairs = visible_pairs(seg, attn_end)
   own = np.broadcast_to(np.arange(seg.shape[1]), seg.shape)
+  # stage -> (queries, keys, visible pairs per query)
+  scopes = {'text_in': (is_text, is_text, visible_pairs(np.where(is_text, seg, 0), own)),
+            'image_in': (is_image, is_image, visible_pairs(batch['image_id'], attn_end)),
+            'core': (seg > 0, seg > 0, doc_pairs), 'text_out': (text_loss, seg > 0, doc_pairs),
+            'imun_out': (image_loss, seg > 0, doc_pairs),
+            'imgen_out': (image_loss, seg > 0, doc_pairs)}
 
-  def block_stack(layers, queries, keys, pairs, moe=False):
-    if layers == 0:
-      return 0.0
-    return layers * _block_flops(m, float(np.count_nonzero(queries)), float(np.count_nonzero(keys)),
-                                 float(np.sum(pairs[queries])), moe)
-
-  text_scope = np.where(is_text, seg, 0)
-  patch_dim = config.image.patch_size ** 2 * 3
-  n_text, n_image = float(np.count_nonzero(text_loss)), float(np.count_nonzero(image_loss))
-  return {
-      'text_in': block_stack(m.text_in_layers, is_text, is_text, visible_pairs(text_scope, own)),
-      'image_in': block_stack(m.image_in_layers, is_image, is_image,
-                              visible_pairs(batch['image_id'], attn_end)),
-      'core': block_stack(m.core_layers, seg > 0, seg > 0, doc_pairs, m.get('moe_experts', 0) > 0),
-      'text_out': block_stack(m.text_out_layers, text_loss, seg > 0, doc_pairs),
-      'imun_out': block_stack(m.imun_out_layers, image_loss, seg > 0, doc_pairs) if m.imun_head else 0.0,
-      'imgen_out': (block_stack(m.imgen_out_layers, image_loss, seg > 0, doc_pairs)
-                    if m.diffusion_head else 0.0),
-      'patch_embed': 2 * np.count_nonzero(is_image) * patch_dim * m.d_model,
-      'lm_head': 2 * n_text * m.d_model * m.vocab_size,
-      'patch_head': 2 * n_image * m.d_model * patch_dim if m.imun_head else 0.0,
-      'diffusion_head': (n_image * config.diffusion.noise_samples * diffusion_head_flops(config)
-                         if m.diffusion_head else 0.0),
-  }
+  def stack(stage, layers):
+    queries, keys, pairs = scopes[stage]
+    return layers * _block_flops(config.model, float(np.count_nonzero(queries)),
+                                 float(np.count_nonzero(keys)), float(np.sum(pairs[queries])),
+                                 _moe(config, stage))
+  return _per_stage(config, stack, float(np.count_nonzero(is_image)),
+                    float(np.count_nonzero(text_loss)), float(np.count_nonzero(image_loss)))
 
 
 def implemented_stage_flops(config, rows: int, length: int,
@@ -131,28 +140,13 @@ def implemented_stage_flops(config, rows: int, length: int,
   stage and head over every position of the row, attention over all L x L pairs (dense
   XLA), or over `attention_pairs[stage]` (e.g. the tiles a block-sparse kernel visits).
   `useful / implemented` is the share of the work not thrown away (flops_audit.py)."""
-  m = config.model
   n = float(rows * length)
   dense = float(rows) * length * length
-  stage_pairs = lambda stage: (attention_pairs or {}).get(stage, dense)
 
-  def block_stack(layers, moe=False, stage='core'):
-    return layers * _block_flops(m, n, n, stage_pairs(stage), moe) if layers else 0.0
-
-  patch_dim = config.image.patch_size ** 2 * 3
-  return {
-      'text_in': block_stack(m.text_in_layers, stage='text_in'),
-      'image_in': block_stack(m.image_in_layers, stage='image_in'),
-      'core': block_stack(m.core_layers, m.get('moe_experts', 0) > 0),
-      'text_out': block_stack(m.text_out_layers, stage='text_out'),
-      'imun_out': block_stack(m.imun_out_layers, stage='imun_out') if m.imun_head else 0.0,
-      'imgen_out': block_stack(m.imgen_out_layers, stage='imgen_out') if m.diffusion_head else 0.0,
-      'patch_embed': 2 * n * patch_dim * m.d_model,
-      'lm_head': 2 * n * m.d_model * m.vocab_size,
-      'patch_head': 2 * n * m.d_model * patch_dim if m.imun_head else 0.0,
-      'diffusion_head': (n * config.diffusion.noise_samples * diffusion_head_flops(config)
-                         if m.diffusion_head else 0.0),
-  }
+  def stack(stage, layers):
+    pairs = (attention_pairs or {}).get(stage, dense)
+    return layers * _block_flops(config.model, n, n, pairs, _moe(config, stage))
+  return _per_stage(config, stack, n, n, n)
 
 
 def train_step_flops(config, batch) -> float:

@@ -18,6 +18,8 @@ import json
 import os
 import socket
 
+import jax
+
 from dvlm_jax import config as cfg_lib
 
 # Keys that may differ between a checkpoint's run and its resume: how long, how often,
@@ -168,8 +170,12 @@ def check_resume(workdir: str, config, processes: int) -> None:
         f'from its newest weights')
 
 
-def record_start(workdir: str, config, step: int, processes: int) -> None:
-  """config.json (the config the checkpoints follow) and one history line per start."""
+def record_start(workdir: str, config, step: int, mesh) -> None:
+  """config.json (the config the checkpoints follow), mesh.json, one history line per start."""
+  processes = jax.process_count()
+  with open(os.path.join(workdir, 'mesh.json'), 'w') as f:
+    json.dump({'axes': dict(mesh.shape), 'processes': processes,
+               'devices': [str(d) for d in mesh.devices.flat]}, f, indent=2)
   text = cfg_lib.to_json(config)
   with open(os.path.join(workdir, 'config.json'), 'w') as f:
     f.write(text)

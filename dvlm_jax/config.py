@@ -48,6 +48,8 @@ def defaults() -> ConfigDict:
   m.imun_norm_pix = True        # MAE-style per-patch normalised imun target
   m.diffusion_head = True       # per-position diffusion head for generation
   m.rope_theta = 10_000.0
+  m.rope_axes = 'ttyx'          # axis (t, y, x) of each rotary frequency pair, cycled from
+                                # the highest frequency (layers.rope_sections)
   m.norm_eps = 1e-6
   m.tie_embeddings = False
   m.dtype = 'float32'           # activation dtype: float32 | bfloat16
@@ -112,6 +114,7 @@ def defaults() -> ConfigDict:
   c.loss.text_weight = 1.0
   c.loss.imun_weight = 1.0
   c.loss.imgen_weight = 1.0
+  c.loss.scale_weighting = 'token'   # token | scale: how image losses average over scales
   c.loss.moe_aux_weight = 0.01  # Switch load-balancing loss (used when model.moe_experts > 0)
 
   c.optim = o = ConfigDict()
@@ -329,6 +332,9 @@ def validate(c: ConfigDict) -> None:
          f'n_heads={m.n_heads} must be a multiple of n_kv_heads={m.n_kv_heads}')
   _check(m.head_dim % 8 == 0, 'model.head_dim',
          f'must be a multiple of 8 (rotary pairs split over t, y, x), got {m.head_dim}')
+  _check(isinstance(m.rope_axes, str) and set(m.rope_axes) <= set('tyx')
+         and {'y', 'x'} <= set(m.rope_axes), 'model.rope_axes',
+         f"letters t, y, x with both y and x (e.g. 'ttyx', 'yxt', 'yx'), got {m.rope_axes!r}")
   from dvlm_jax.data import tokenizer as tok_lib  # data knows the tokenizer size
   if c.data.get('tokenizer', 'byte') == 'byte':  # a SentencePiece model is checked when loaded
     _check(m.vocab_size >= tok_lib.ByteTokenizer().vocab_size, 'model.vocab_size',
@@ -378,6 +384,8 @@ def validate(c: ConfigDict) -> None:
   _check(c.data.batch_size >= 1, 'data.batch_size', 'must be >= 1')
   for key in ('text_weight', 'imun_weight', 'imgen_weight', 'moe_aux_weight'):
     _check(c.loss[key] >= 0, f'loss.{key}', 'must be >= 0')
+  _check(c.loss.scale_weighting in ('token', 'scale'), 'loss.scale_weighting',
+         f'token | scale, got {c.loss.scale_weighting!r}')
   _validate_moe(c)
   _check(c.optim.schedule in ('cosine', 'constant', 'rsqrt'), 'optim.schedule',
          f'cosine | constant | rsqrt, got {c.optim.schedule!r}')

@@ -91,6 +91,32 @@ def test_parse_caption_rejects_what_caption_never_writes(text):
     shapes.parse_caption(text)
 
 
+def test_read_caption_reads_what_a_reader_would():
+  rng = np.random.default_rng(2)
+  for _ in range(500):   # every caption reads back exactly
+    scene = shapes.sample_scene(rng, max_shapes=3)
+    reading = shapes.read_caption(shapes.caption(scene))
+    assert (reading.shapes, reading.relation) == (scene.shapes, scene.relation)
+  red = shapes.Shape('circle', 'red', 'large', 'top', 'left')
+  blue = shapes.Shape('square', 'blue', 'small', 'bottom', 'right')
+  both = 'a large red circle at the top left and a small blue square at the bottom right'
+  for text in (both, both + '.', f'  A large red circle  at the top left and\na small blue '
+               'square at the bottom right', both + '. and then some'):
+    assert shapes.read_caption(text) == shapes.Reading((red, blue)), text
+  assert shapes.read_caption(both + '. the red circle is above the blue square') == \
+      shapes.Reading((red, blue), 'above')
+  # A garbled relation, or one about other shapes, states no relation; the shapes stand.
+  assert shapes.read_caption(both + '. the green circle is above the blue square.') == \
+      shapes.Reading((red, blue))
+  # Two shapes in one cell are a wrong answer, not an unreadable one.
+  assert len(shapes.read_caption('a large red circle at the top left, a small blue square at '
+                                 'the top left.').shapes) == 2
+  for text in ('', 'hello.', 'a large red circle at the top left and a small blue',
+               'draw: a large red circle at the top left.', 'a huge red circle at the top left.',
+               'a large red circle at the top left blue square.'):
+    assert shapes.read_caption(text) is None, text
+
+
 def test_render_is_deterministic_and_puts_each_colour_in_its_cell():
   rng = np.random.default_rng(1)
   for size_px in (16, 32, 48):

@@ -71,6 +71,9 @@ def test_overrides_are_typed():
     ('data.seq_len=20', "data.seq_len"),                    # cannot hold an image
     ('image.targets=next_patch', "image.attention"),        # needs causal images
     ('diffusion.objective=score', "diffusion.objective"),
+    ('model.rope_axes=tq', "model.rope_axes"),
+    ('model.rope_axes=ty', "model.rope_axes"),               # images need y and x
+    ('loss.scale_weighting=pixel', "loss.scale_weighting"),
 ])
 def test_bad_config_fails_at_start_naming_the_key(override, named):
   with pytest.raises(cfg_lib.ConfigError) as e:

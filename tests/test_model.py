@@ -325,3 +325,32 @@ def test_moe_config_errors_name_their_key_and_flops_count_top_k_experts():
   expected = flops.TRAIN_FACTOR * m.core_layers * tokens * per_token
   got = flops.train_step_flops(moe, batch) - flops.train_step_flops(dense, batch)
   assert abs(got - expected) < 1e-9 * abs(expected)
+
+
+def test_rope_axes_leave_text_alone_and_give_images_their_axes():
+  assert layers.rope_sections(16, 'ttyx').tolist() == [0, 0, 1, 2, 0, 0, 1, 2]
+  assert layers.rope_sections(12, 'yx').tolist() == [1, 2, 1, 2, 1, 2]
+  x = jax.random.normal(jax.random.key(0), (1, 5, 2, 16))
+  text = jnp.repeat(jnp.arange(5.0)[None, :, None], 3, axis=-1)        # t = y = x
+  by_axes = [layers.apply_rope(x, text, 1e4, axes) for axes in ('ttyx', 'yxt', 'yx')]
+  for other in by_axes[1:]:   # text is standard 1-D RoPE under every assignment
+    np.testing.assert_allclose(by_axes[0], other, rtol=1e-6)
+  image = jnp.stack([jnp.zeros(5), jnp.arange(5.0), jnp.zeros(5)], -1)[None]  # y moves
+  assert not np.allclose(layers.apply_rope(x, image, 1e4, 'yx'), x)
+  # With no pair on y (the model config refuses it) a move in y would not be seen at all.
+  np.testing.assert_allclose(layers.apply_rope(x, image, 1e4, 'tx'), x, rtol=1e-6)
+
+
+def test_scale_weighting_weighs_each_scale_once():
+  per_position = jnp.asarray([[1.0, 1.0, 1.0, 4.0, 0.0]])    # scale 1 (three) and 2 (one)
+  batch = {'image_weights': jnp.asarray([[1.0, 1.0, 1.0, 1.0, 0.0]]),
+           'scale': jnp.asarray([[1, 1, 1, 2, 3]])}
+  results = {}
+  for weighting in ('token', 'scale'):
+    cfg = losses.LossConfig(1.0, 1.0, 1.0, True, 3, None, scale_weighting=weighting)
+    metrics = {}
+    results[weighting] = float(losses._image_part('imun', per_position, batch, cfg, metrics))
+    assert float(metrics['imun/scale_2']) == 4.0 and float(metrics['imun/scale_3']) == 0.0
+  assert results['token'] == 7.0 / 4
+  assert results['scale'] == (1.0 + 4.0) / 2     # scale 3 has no target: not averaged in
+

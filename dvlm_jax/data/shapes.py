@@ -276,3 +276,45 @@ def parse_caption(text: str) -> Scene:
   if caption(scene) != text:
     raise ValueError(f'not a caption of this grammar: {text!r}')
   return scene
+
+
+@dataclasses.dataclass(frozen=True)
+class Reading:
+  """What a reader takes from a model's caption: the shapes it names and the relation it
+  states about the first two (None when it states none or garbles it)."""
+  shapes: tuple[Shape, ...]
+  relation: str | None = None
+
+
+_LIST_RE = re.compile(rf'{_SHAPE_RE.pattern}(?:(?:, | and ){_SHAPE_RE.pattern})*')
+
+
+def read_caption(text: str) -> Reading | None:
+  """Reads a model's caption as a reader would; None only when no shape list can be read.
+
+  Tolerant of what does not change the meaning: case, runs of whitespace, a missing
+  final period, text after the sentences. The shape sentence must still be a list of
+  full shape phrases ('a SIZE COLOUR KIND POSITION', joined by ', ' or ' and ') from its
+  first word: a list that breaks off mid-phrase or holds other words is unreadable. A
+  relation sentence that cannot be read, or names other shapes than the first two,
+  states no relation (a miss on the relation only). Shapes need not form a valid
+  `Scene` (two in one cell is a wrong answer, not an unreadable one).
+  """
+  normal = ' '.join(text.lower().split())
+  first, _, rest = normal.partition('.')
+  shape_text = first.strip()
+  if not _LIST_RE.fullmatch(shape_text):
+    return None
+  found = tuple(
+      Shape(kind=m.group(3), colour=m.group(2), size=m.group(1),
+            row=_POSITIONS_BY_PHRASE[m.group(4)][0], col=_POSITIONS_BY_PHRASE[m.group(4)][1])
+      for m in _SHAPE_RE.finditer(shape_text))
+  relation = None
+  sentence = rest.strip().partition('.')[0].strip()
+  m = _RELATION_RE.fullmatch(sentence + '.') if sentence else None
+  if m is not None and len(found) >= 2:
+    named = ((m.group(1), m.group(2)), (m.group(4), m.group(5)))
+    if named == tuple((s.colour, s.kind) for s in found[:2]):
+      relation = m.group(3)
+  return Reading(found, relation)
+

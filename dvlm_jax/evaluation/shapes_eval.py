@@ -2,10 +2,11 @@
 
 Three probes on the held-out split (`eval.split`, default test):
 
-  captions    describe each image (clean mode), parse the text with
-              `shapes.parse_caption` and score it against the label scene per
-              attribute; text the grammar cannot parse is a miss on every
-              attribute and is also counted as `unparseable`;
+  captions    describe each image (clean mode), read the text with
+              `shapes.read_caption` (tolerant of case, whitespace, a missing
+              period) and score it against the label scene per attribute; text
+              with no readable shape list is a miss on every attribute and is
+              also counted as `unparseable`;
   generation  draw each test caption, read the picture back with the
               deterministic `detector`, score the same way;
   glyphs      describe glyph pictures (a large letter made of small shapes) and
@@ -133,13 +134,6 @@ def read_glyph_answer(text: str) -> tuple[str | None, str | None, str | None]:
   return (glyph.group(1) if glyph else None, small.group(2) if small else None, colour)
 
 
-def _parse(text: str) -> shapes.Scene | None:
-  try:
-    return shapes.parse_caption(text.strip())
-  except ValueError:
-    return None
-
-
 class ShapesEval(Evaluator):
   """Caption accuracy, generation accuracy (via the detector) and the glyphs probe."""
 
@@ -178,7 +172,7 @@ class ShapesEval(Evaluator):
     tally, chance = Tally(), Tally()
     grid = Grid(('image',))
     for i, ((label, image), text) in enumerate(zip(scenes, texts)):
-      parsed = _parse(text)
+      parsed = shapes.read_caption(text)
       tally.add('unparseable', parsed is None)
       score(parsed.shapes if parsed else None, label, tally,
             stated_relation=parsed.relation if parsed else None)

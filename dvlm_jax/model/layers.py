@@ -42,6 +42,7 @@ class ModelConfig:
   num_scales: int
   mask_token: bool = True       # images may be masked (False for next-patch targets)
   rope_theta: float = 10_000.0
+  rope_axes: str = 'ttyx'
   norm_eps: float = 1e-6
   tie_embeddings: bool = False
   dtype: Dtype = jnp.float32
@@ -71,7 +72,7 @@ class ModelConfig:
         imun_head=m.imun_head, diffusion_head=m.diffusion_head,
         patch_dim=i.patch_size ** 2 * 3, num_scales=len(i.scales),
         mask_token=i.targets == 'masked',
-        rope_theta=m.rope_theta, norm_eps=m.norm_eps, tie_embeddings=m.tie_embeddings,
+        rope_theta=m.rope_theta, rope_axes=m.rope_axes, norm_eps=m.norm_eps, tie_embeddings=m.tie_embeddings,
         dtype=jnp.dtype(m.dtype), param_dtype=jnp.dtype(m.param_dtype), remat=m.remat,
         scan_layers=m.scan_layers, attention=m.attention, init_std=m.init_std,
         diffusion_width=d.width, diffusion_depth=d.depth,
@@ -142,22 +143,26 @@ class RMSNorm(nn.Module):
 
 # ------------------------------------------------------------------------------ rotary
 
-def rope_sections(head_dim: int) -> np.ndarray:
+def rope_sections(head_dim: int, axes: str = 'ttyx') -> np.ndarray:
   """Which position coordinate (0 = t, 1 = y, 2 = x) drives each rotary frequency pair.
 
-  Interleaved so that t, y and x each get high and low frequencies: pair i uses t for
-  i % 4 in {0, 1}, y for 2, x for 3. A text token has t = y = x = p, so for text this
-  is exactly standard 1-D RoPE; for image tokens it is 2-D RoPE in the shared frame.
+  Pair i (highest frequency first) uses the axis `axes[i % len(axes)]` (`model.rope_axes`).
+  A text token has t = y = x = p, so for text every assignment is exactly standard 1-D
+  RoPE; for image tokens it is 2-D RoPE in the shared frame. t is constant inside an
+  image, so the pairs given to t tell image cells apart not at all: 'ttyx' spends half of
+  them (the highest frequencies among them) on t, 'yxt' gives y and x two thirds of the
+  pairs and the highest frequencies, 'yx' all of them (image tokens still sit at
+  t0 + (y, x), so their distance to text is in y and x too).
   """
-  return np.array([(0, 0, 1, 2)[i % 4] for i in range(head_dim // 2)], dtype=np.int32)
+  return np.array(['tyx'.index(axes[i % len(axes)]) for i in range(head_dim // 2)], np.int32)
 
 
-def apply_rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
+def apply_rope(x: jax.Array, positions: jax.Array, theta: float, axes: str = 'ttyx') -> jax.Array:
   """x: [B, L, H, D]; positions: [B, L, 3] float (t, y, x). Rotates half-split pairs."""
   d = x.shape[-1]
   pairs = d // 2
   inv_freq = theta ** (-np.arange(pairs, dtype=np.float32) * 2.0 / d)
-  pos = jnp.take(positions.astype(jnp.float32), jnp.asarray(rope_sections(d)), axis=-1)
+  pos = jnp.take(positions.astype(jnp.float32), jnp.asarray(rope_sections(d, axes)), axis=-1)
   angle = pos * inv_freq                                     # [B, L, pairs]
   sin, cos = jnp.sin(angle)[:, :, None, :], jnp.cos(angle)[:, :, None, :]
   x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
@@ -185,8 +190,9 @@ class Attention(nn.Module):
     q = Dense((c.n_heads, c.head_dim), ('embed', 'heads', 'head_dim'), name='q', **kw)(x)
     k = Dense((c.n_kv_heads, c.head_dim), ('embed', 'kv_heads', 'head_dim'), name='k', **kw)(x)
     v = Dense((c.n_kv_heads, c.head_dim), ('embed', 'kv_heads', 'head_dim'), name='v', **kw)(x)
-    q = constrain(apply_rope(q, positions, c.rope_theta), ('batch', 'length', 'act_heads', None))
-    k = apply_rope(k, positions, c.rope_theta)
+    q = constrain(apply_rope(q, positions, c.rope_theta, c.rope_axes),
+                  ('batch', 'length', 'act_heads', None))
+    k = apply_rope(k, positions, c.rope_theta, c.rope_axes)
     if cache_start is not None:
       shape = (x.shape[0], mask.shape[-1], c.n_kv_heads, c.head_dim)
       cached_k = self.variable('cache', 'cached_key', jnp.zeros, shape, k.dtype)

@@ -1,10 +1,15 @@
 """The training objective: text CE + masked-patch MSE + diffusion, each over its own positions.
 
   total = text_weight * CE(next text token)      averaged over text_weights
-        + imun_weight * MSE(masked patches)      averaged over image_weights
-        + imgen_weight * diffusion loss          averaged over image_weights
+        + imun_weight * MSE(masked patches)      averaged over image_weights (*)
+        + imgen_weight * diffusion loss          averaged over image_weights (*)
 
         + moe_aux_weight * load-balancing loss   with MoE in the core (mean over layers)
+
+(*) `loss.scale_weighting`: 'token' averages over every image target of the batch, so
+a scale weighs by its token count (the finest dominates: 64 of 84 targets with scales
+2, 4, 8); 'scale' averages each scale's targets first and then the scales, so the
+coarse scales that carry the layout weigh as much as the fine ones.
 
 Image parts are also reported per scale (`imun/scale_k`, `imgen/scale_k`). The imun
 target may be per-patch normalised (MAE); the diffusion target is raw pixels. With MoE,
@@ -30,6 +35,7 @@ class LossConfig:
   imun_norm_pix: bool
   num_scales: int
   objective: DiffusionObjective
+  scale_weighting: str = 'token'   # token | scale (see the module docstring)
   moe: bool = False             # the core has experts: collect their sown statistics
   moe_aux_weight: float = 0.0
 
@@ -38,6 +44,7 @@ class LossConfig:
     return cls(config.loss.text_weight, config.loss.imun_weight, config.loss.imgen_weight,
                config.model.imun_norm_pix, len(config.image.scales),
                DiffusionObjective.from_config(config),
+               scale_weighting=config.loss.scale_weighting,
                moe=config.model.get('moe_experts', 0) > 0,
                moe_aux_weight=config.loss.get('moe_aux_weight', 0.0))
 
@@ -55,12 +62,20 @@ def normalize_patches(x: jax.Array, eps: float = 1e-6) -> jax.Array:
 
 
 def _image_part(name, per_position, batch, cfg, metrics):
+  """Logs the loss over all targets and per scale; returns the one `scale_weighting` asks."""
   weights = batch['image_weights']
-  loss = weighted_mean(per_position, weights)
-  metrics[name] = loss
+  metrics[name] = weighted_mean(per_position, weights)
+  per_scale, present = [], []
   for k in range(1, cfg.num_scales + 1):
-    metrics[f'{name}/scale_{k}'] = weighted_mean(per_position, weights * (batch['scale'] == k))
-  return loss
+    in_scale = weights * (batch['scale'] == k)
+    metrics[f'{name}/scale_{k}'] = weighted_mean(per_position, in_scale)
+    per_scale.append(metrics[f'{name}/scale_{k}'])
+    present.append((jnp.sum(in_scale) > 0).astype(jnp.float32))
+  if cfg.scale_weighting == 'token':
+    return metrics[name]
+  # Scales with no target in this batch (e.g. no masked patch) do not dilute the others.
+  present = jnp.stack(present)
+  return jnp.sum(jnp.stack(per_scale) * present) / jnp.maximum(jnp.sum(present), 1.0)
 
 
 def sown_mean(intermediates, name: str) -> jax.Array:

@@ -50,6 +50,8 @@ def defaults() -> ConfigDict:
   m.rope_theta = 10_000.0
   m.rope_axes = 'ttyx'          # axis (t, y, x) of each rotary frequency pair, cycled from
                                 # the highest frequency (layers.rope_sections)
+  m.image_pos_embed = False     # add a learned map of each image cell's place in its picture
+                                # (dvlm.cell_features) to its patch embedding
   m.norm_eps = 1e-6
   m.tie_embeddings = False
   m.dtype = 'float32'           # activation dtype: float32 | bfloat16
@@ -203,6 +205,7 @@ def default_logical_rules() -> tuple[tuple[str, Any], ...]:
       ('diff_width', 'tensor'),
       ('diff_in', None),
       ('table', None),
+      ('cell', None),
       ('exp', 'expert'),
       # Tokens dispatched to experts: the expert axis now holds experts, not rows.
       ('exp_batch', ('data', 'fsdp')),

@@ -29,6 +29,24 @@ from dvlm_jax.model.layers import Dense, ModelConfig, RMSNorm, Stack, constrain
 TEXT, IMAGE = 1, 2
 
 
+CELL_FREQUENCIES = 8   # octaves of the cell-position features: up to 2^7 cells a side
+
+
+def cell_features(positions: jax.Array) -> jax.Array:
+  """[B, L, 4 * CELL_FREQUENCIES] sinusoidal features of each image token's cell centre.
+
+  An image token sits at (t0, t0 + y, t0 + x) (layout.grid_positions: cell centres in the
+  finest grid's units), so (y, x) = positions[1:] - positions[0] is where the cell lies in
+  its image, whatever the document around it. Rotary attention only sees differences of
+  positions; these features let a token know its place in the picture (`model.image_pos_embed`),
+  which a fully masked M_k token otherwise has to infer from attention patterns alone.
+  """
+  local = positions[..., 1:] - positions[..., :1]                      # [B, L, 2]
+  omega = jnp.pi * 2.0 ** jnp.arange(-CELL_FREQUENCIES + 1, 1, dtype=jnp.float32)
+  angle = local[..., None] * omega                                     # [B, L, 2, F]
+  return jnp.concatenate([jnp.sin(angle), jnp.cos(angle)], -1).reshape(*positions.shape[:-1], -1)
+
+
 class DreamVLM(nn.Module):
   cfg: ModelConfig
 
@@ -45,6 +63,9 @@ class DreamVLM(nn.Module):
     self.scale_embed = self.param('scale_embed', table_init, (c.num_scales + 1, c.d_model),
                                   c.param_dtype)
     self.copy_embed = self.param('copy_embed', table_init, (3, c.d_model), c.param_dtype)
+    if c.image_pos_embed:
+      self.cell_embed = Dense(c.d_model, ('cell', 'embed'), dtype=c.dtype,
+                              param_dtype=c.param_dtype, std=c.init_std)
 
     self.text_in = Stack(c, c.text_in_layers)
     self.image_in = Stack(c, c.image_in_layers)
@@ -74,6 +95,8 @@ class DreamVLM(nn.Module):
       image = jnp.where(batch['is_masked'][..., None], self.mask_embed.astype(c.dtype), image)
     image = image + jnp.take(self.scale_embed, batch['scale'], axis=0).astype(c.dtype)
     image = image + jnp.take(self.copy_embed, batch['copy'], axis=0).astype(c.dtype)
+    if c.image_pos_embed:
+      image = image + self.cell_embed(cell_features(batch['positions']).astype(c.dtype))
     names = ('batch', 'length', 'act_embed')
     return constrain(text, names), constrain(image, names)
 

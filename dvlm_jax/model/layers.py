@@ -1,7 +1,8 @@
 """Shared layers: every parameter and activation carries logical axis names.
 
 Logical names are mapped to mesh axes by `config.sharding.rules` (see `dvlm_jax.sharding`).
-Parameter names: embed, vocab, heads, kv_heads, head_dim, mlp, patch, norm, table, diff_width,
+Parameter names: embed, vocab, heads, kv_heads, head_dim, mlp, patch, norm, table, cell (the
+image cell-position features), diff_width,
 exp (the expert dimension of mixture-of-experts weights).
 Activation names: batch, length, act_embed, act_heads, act_mlp, exp_batch (the rows of
 tokens dispatched to experts, which leave the expert axis to the experts).
@@ -43,6 +44,7 @@ class ModelConfig:
   mask_token: bool = True       # images may be masked (False for next-patch targets)
   rope_theta: float = 10_000.0
   rope_axes: str = 'ttyx'
+  image_pos_embed: bool = False
   norm_eps: float = 1e-6
   tie_embeddings: bool = False
   dtype: Dtype = jnp.float32
@@ -72,7 +74,8 @@ class ModelConfig:
         imun_head=m.imun_head, diffusion_head=m.diffusion_head,
         patch_dim=i.patch_size ** 2 * 3, num_scales=len(i.scales),
         mask_token=i.targets == 'masked',
-        rope_theta=m.rope_theta, rope_axes=m.rope_axes, norm_eps=m.norm_eps, tie_embeddings=m.tie_embeddings,
+        rope_theta=m.rope_theta, rope_axes=m.rope_axes,
+        image_pos_embed=m.image_pos_embed, norm_eps=m.norm_eps, tie_embeddings=m.tie_embeddings,
         dtype=jnp.dtype(m.dtype), param_dtype=jnp.dtype(m.param_dtype), remat=m.remat,
         scan_layers=m.scan_layers, attention=m.attention, init_std=m.init_std,
         diffusion_width=d.width, diffusion_depth=d.depth,

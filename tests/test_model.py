@@ -128,7 +128,7 @@ def test_text_in_ignores_images_and_image_in_ignores_text(setup):
   assert np.max(np.abs(base['hidden/image_in'][is_img] - out['hidden/image_in'][is_img])) < 1e-6
 
 
-VARIANTS = [None, 'janus', 'moe'] + sorted(cfg_lib.ABLATIONS)
+VARIANTS = [None, 'janus', 'moe', 'demo'] + sorted(cfg_lib.ABLATIONS)
 # The tiny model with 4 experts (top-2) in each core layer, groups of 64 of its 256 positions.
 MOE = dict(model__moe_experts=4, model__moe_top_k=2, model__moe_group_size=64)
 
@@ -140,6 +140,9 @@ def test_variant_builds_with_finite_loss_and_grads(variant):
     cfg_lib.validate(config)
   elif variant == 'moe':
     config = tiny_config(**MOE)
+  elif variant == 'demo':   # the switches of the make-train recipe (experiments/small.py)
+    config = tiny_config(model__rope_axes='yx', model__image_pos_embed=True,
+                         loss__scale_weighting='scale')
   else:
     config = tiny_config(variant)
   batch = image_batch(config)

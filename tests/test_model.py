@@ -166,9 +166,9 @@ def full_row_reference(model, params, batch):
   return out
 
 
-def reference_loss(model, params, batch, rng, cfg, ref):
+def reference_loss(model, params, batch, rng, cfg, ref, image_stream):
   """compute_loss's total over the reference's per-position outputs; the diffusion
-  noise is drawn per image-head slot, as the loss draws it."""
+  noise is drawn per slot of `image_stream`, as the loss draws it."""
   w_text, w_image = batch['text_weights'], batch['image_weights']
   logp = jax.nn.log_softmax(ref['text_logits'], axis=-1)
   nll = -jnp.take_along_axis(logp, batch['text_targets'][..., None], axis=-1)[..., 0]
@@ -179,7 +179,7 @@ def reference_loss(model, params, batch, rng, cfg, ref):
     err = jnp.mean(jnp.square(ref['patch_pred'] - target), axis=-1)
     total = total + cfg.imun_weight * losses.weighted_mean(err, w_image)
   if 'imgen_cond' in ref:
-    at = model.apply({'params': params}, batch)['image_stream']
+    at = image_stream
     cond = at.gather(ref['imgen_cond'])
     denoise = lambda x_t, t: model.apply({'params': params}, x_t, t, cond, method=DreamVLM.denoise)
     per_slot = cfg.objective.loss(denoise, at.gather(targets), rng)
@@ -221,9 +221,9 @@ def test_variant_builds_with_finite_loss_and_grads(variant):
   def run(params):
     value_and_grad = jax.value_and_grad(
         lambda p: losses.compute_loss(model, p, batch, rng, loss_cfg), has_aux=True)
-    ref = full_row_reference(model, params, batch)
-    return (value_and_grad(params), model.apply({'params': params}, batch), ref,
-            reference_loss(model, params, batch, rng, loss_cfg, ref))
+    ref, out = full_row_reference(model, params, batch), model.apply({'params': params}, batch)
+    return (value_and_grad(params), out, ref,
+            reference_loss(model, params, batch, rng, loss_cfg, ref, out.get('image_stream')))
   ((loss, metrics), grads), out, ref, ref_loss = run(params)
   assert np.isfinite(float(loss))
   # Each stage on its own positions computes what the full row computed there.

@@ -107,7 +107,9 @@ def packed_rows(layout_spec: str, length: int, rows: int, seed: int):
 
 
 def stage_inputs(batch, scope: str):
-  """(scope ids, attn_end) as dvlm.py builds them for one stage."""
+  """(scope ids, attn_end) of one stage's rule over the whole row. The model runs text-in
+  and image-in on their own streams (dvlm.stage_rules), where each query's keys are one
+  range like the 'document' scope's; 'text' / 'image' here time the interleaved scopes."""
   seg, end = batch['segment_ids'], batch['attn_end']
   if scope == 'document':
     return seg, end

@@ -13,10 +13,28 @@
 # is skipped and named, so a lease never ends mid-way without a summary.
 # Python packages missing on the machine may be carried as wheels in .whl/ (installed
 # to /tmp/site first; see docs/performance.md).
+# GPU_CHECK_SMOKE=1 runs every part on a CPU at tiny sizes (each benchmark's --smoke,
+# one variant per loop): tests/test_gpu_check.py, so the script is known to run before a
+# GPU lease is spent on it. PYTHON picks the interpreter (default python3).
 set -u
 parts=${1:-all}
 out=${2:-${OUT:-gpu_check_out}}
 budget=${GPU_CHECK_BUDGET_S:-540}
+smoke=${GPU_CHECK_SMOKE:-0}
+py=${PYTHON:-python3}
+if ((smoke)); then
+  smoke_args=(--smoke)
+  train_variants=("auto dots")
+  scopes=(text)
+  tile_settings=(64,64,64,64,4,3)
+else
+  smoke_args=()
+  # auto = pallas_gpu on GPUs; tokamax last: it did not build under jax 0.11.2 (docs/performance.md)
+  train_variants=("auto dots" "auto full" "xla dots" "auto none" "tokamax dots")
+  scopes=(text image)
+  # around the tuned default (64,64,64,64, 4 warps, 3 stages), at the b1 length and at 16k
+  tile_settings=(64,64,64,64,4,3 128,64,64,64,4,3 64,64,64,64,4,4 128,128,64,64,8,3)
+fi
 mkdir -p "$out"
 log="$out/gpu_check.log"
 export PYTHONUNBUFFERED=1
@@ -43,43 +61,44 @@ step() {
 }
 
 if [[ -d .whl ]] && ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+  "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site .whl/*.whl >>"$log" 2>&1 && export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
 fi
 export PYTHONPATH=$PWD:${PYTHONPATH:-}
 
 if want env; then
   { date -u; nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv
-    python3 -c "import jax, jaxlib, flax; print('jax', jax.__version__, 'jaxlib', jaxlib.__version__, 'flax', flax.__version__, jax.devices())"
-    python3 -c "import tokamax; print('tokamax', tokamax.__version__)"; } 2>&1 | tee -a "$log"
+    "$py" -c "import jax, jaxlib, flax; print('jax', jax.__version__, 'jaxlib', jaxlib.__version__, 'flax', flax.__version__, jax.devices())"
+    "$py" -c "import tokamax; print('tokamax', tokamax.__version__)"; } 2>&1 | tee -a "$log"
 fi
 
 if want attention; then
-  step attention 300 python3 benchmarks/attention.py --json "$out/attention.jsonl"
+  step attention 300 "$py" benchmarks/attention.py ${smoke_args[@]+"${smoke_args[@]}"} \
+    --json "$out/attention.jsonl"
 fi
 
 if want train; then
-  # auto = pallas_gpu on GPUs; tokamax last: it did not build under jax 0.11.2 (docs/performance.md)
-  for variant in "auto dots" "auto full" "xla dots" "auto none" "tokamax dots"; do
+  for variant in "${train_variants[@]}"; do
     set -- $variant
-    step "train_step $1 $2" 150 python3 benchmarks/train_step.py --config experiments/b1.py \
+    step "train_step $1 $2" 150 "$py" benchmarks/train_step.py --config experiments/b1.py \
       --batch_size 4 --dtype bfloat16 --attention "$1" --remat "$2" --steps 5 --warmup 2 \
-      --json "$out/train_step.jsonl"
+      ${smoke_args[@]+"${smoke_args[@]}"} --json "$out/train_step.jsonl"
   done
 fi
 
 if want scopes; then
-  for scope in text image; do
-    step "attention scope $scope" 120 python3 benchmarks/attention.py --scope "$scope" \
-      --lengths 4096,16384 --check_max_len 4096 --json "$out/attention.jsonl"
+  for scope in "${scopes[@]}"; do
+    step "attention scope $scope" 120 "$py" benchmarks/attention.py --scope "$scope" \
+      --lengths 4096,16384 --check_max_len 4096 ${smoke_args[@]+"${smoke_args[@]}"} \
+      --json "$out/attention.jsonl"
   done
 fi
 
 if want tune; then
-  # around the tuned default (64,64,64,64, 4 warps, 3 stages), at the b1 length and at 16k
-  for tiles in 64,64,64,64,4,3 128,64,64,64,4,3 64,64,64,64,4,4 128,128,64,64,8,3; do
-    step "range tiles $tiles" 90 python3 benchmarks/attention.py --impls range,cudnn \
-      --lengths 4096,16384 --no-check --range_blocks "$tiles" --json "$out/attention.jsonl"
+  for tiles in "${tile_settings[@]}"; do
+    step "range tiles $tiles" 90 "$py" benchmarks/attention.py --impls range,cudnn \
+      --lengths 4096,16384 --no-check --range_blocks "$tiles" ${smoke_args[@]+"${smoke_args[@]}"} \
+      --json "$out/attention.jsonl"
   done
 fi
 echo "--- done in $((SECONDS - start))s" | tee -a "$log"

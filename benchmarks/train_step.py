@@ -32,7 +32,6 @@ import statistics
 import sys
 import time
 
-import flax.linen as nn
 import jax
 import numpy as np
 
@@ -43,7 +42,7 @@ from dvlm_jax import sharding  # noqa: E402
 from dvlm_jax.data import builtin  # noqa: E402
 from dvlm_jax.model.dvlm import DreamVLM  # noqa: E402
 from dvlm_jax.model.layers import ModelConfig  # noqa: E402
-from dvlm_jax.training import flops, losses  # noqa: E402
+from dvlm_jax.training import flops  # noqa: E402
 from dvlm_jax.training import optimizer as optim_lib  # noqa: E402
 from dvlm_jax.training import step as step_lib  # noqa: E402
 
@@ -52,8 +51,7 @@ GIB = 1 << 30
 
 
 def parse_args(argv):
-  overrides = [a[len('--config.'):] for a in argv if a.startswith('--config.')]
-  rest = [a for a in argv if not a.startswith('--config.')]
+  rest, overrides = cfg_lib.split_overrides(argv)
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument('--config', default=os.path.join(ROOT, 'experiments', 'b1.py'))
   p.add_argument('--batch_size', type=int, default=4, help='global rows per step')
@@ -75,17 +73,13 @@ def parse_args(argv):
   return args, overrides
 
 
-def memory_bytes(train_step, state, shardings, batch, rng, mesh, axis_rules):
-  """Device peak when reported; else the compiled step's memory (one more compile)."""
+def memory_bytes(run, state, batch, rng):
+  """Device peak when reported; else the compiled step's memory (one more compile,
+  `dvlm_jax.compile.report`'s total: args + outputs + temp - donated)."""
   stats = jax.devices()[0].memory_stats() or {}
   if 'peak_bytes_in_use' in stats:
     return stats['peak_bytes_in_use'], 'device peak_bytes_in_use'
-  data = sharding.batch_sharding(mesh, axis_rules)
-  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  jitted = jax.jit(train_step, in_shardings=(shardings, data, replicated),
-                   out_shardings=(shardings, replicated), donate_argnums=(0,))
-  with jax.set_mesh(mesh), nn.logical_axis_rules(axis_rules):
-    m = jitted.lower(state, batch, rng).compile().memory_analysis()
+  m = run.lower(state, batch, rng).compile().memory_analysis()
   if m is None:
     return None, 'not reported'
   return (m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
@@ -107,16 +101,13 @@ def main(argv=None) -> int:
 
   model = DreamVLM(ModelConfig.from_config(config))
   optimizer = optim_lib.make_optimizer(config)
-  schedule = optim_lib.learning_rate_schedule(config)
   stream = builtin.batches(config)
   local = [next(stream) for _ in range(args.warmup + args.steps)]
   init_rng, step_rng = jax.random.split(jax.random.key(config.train.seed))
   state, shardings = step_lib.init_state(model, optimizer, local[0], init_rng, mesh, axis_rules)
   n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
   print(f'{n_params / 1e6:.1f}M parameters')
-  train_step = step_lib.make_train_step(model, optimizer, losses.LossConfig.from_config(config),
-                                        schedule, accum_steps=config.train.grad_accum_steps)
-  run = step_lib.jit_train_step(train_step, shardings, mesh, axis_rules)
+  run = step_lib.configured_train_step(config, model, optimizer, shardings, mesh, axis_rules)
   to_global = sharding.global_batch_fn(mesh, axis_rules)
 
   times, step_flops, tokens = [], [], []
@@ -134,8 +125,7 @@ def main(argv=None) -> int:
     print(f'step {i + 1}{"" if measured else " (warmup)"}: {seconds * 1e3:.1f} ms, '
           f'loss {float(metrics["loss"]):.4f}')
 
-  peak, peak_source = memory_bytes(train_step, state, shardings, to_global(local[0]), step_rng,
-                                   mesh, axis_rules)
+  peak, peak_source = memory_bytes(run, state, to_global(local[0]), step_rng)
   total = sum(times)
   tflops = sum(step_flops) / total / len(devices) / 1e12
   peak_flops = flops.peak_flops_per_device(devices[0])

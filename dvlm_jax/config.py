@@ -110,6 +110,13 @@ def defaults() -> ConfigDict:
   c.data.tokenizer = 'byte'     # byte | path of a SentencePiece .model (sentencepiece_tokenizer.py)
   c.data.max_bad_fraction = 0.01      # skipped records above this share stop the run
   c.data.max_image_pixels = 64_000_000  # larger declared sizes are skipped (decompression bombs)
+  # Per-row capacities of the streams each model stage runs on (docs/architecture.md):
+  # the packer fills a row only up to them, the model gathers into them. 0 = the bound
+  # the layout implies (no saving for that stream); smaller = less padded work.
+  c.data.max_text_tokens = 0    # text-in
+  c.data.max_image_tokens = 0   # image-in, patch embedding
+  c.data.max_text_targets = 0   # text-out, LM head
+  c.data.max_image_targets = 0  # imun-out, imgen-out, patch and diffusion heads
   # ---- end data
 
   c.loss = ConfigDict()
@@ -385,6 +392,7 @@ def validate(c: ConfigDict) -> None:
   _check(c.data.seq_len >= image_tokens + 8, 'data.seq_len',
          f'{c.data.seq_len} cannot hold one image ({image_tokens} tokens with markers)')
   _check(c.data.batch_size >= 1, 'data.batch_size', 'must be >= 1')
+  _validate_capacities(c)
   for key in ('text_weight', 'imun_weight', 'imgen_weight', 'moe_aux_weight'):
     _check(c.loss[key] >= 0, f'loss.{key}', 'must be >= 0')
   _check(c.loss.scale_weighting in ('token', 'scale'), 'loss.scale_weighting',
@@ -404,6 +412,18 @@ def validate(c: ConfigDict) -> None:
   _check(c.checkpoint.restore in ('full', 'params_only'), 'checkpoint.restore',
          f'full | params_only, got {c.checkpoint.restore!r}')
   _validate_eval(c.eval)
+
+
+def _validate_capacities(c: ConfigDict) -> None:
+  """Each capacity is 0 (the layout's bound) or holds at least one image document."""
+  patches = sum(s * s for s in c.image.scales)
+  least = {'max_text_tokens': 4 + len(c.image.scales),   # <BOS> <IMG> markers <IMG_END> <EOS>
+           'max_image_tokens': (2 if c.image.dual_copy else 1) * patches,
+           'max_text_targets': 1, 'max_image_targets': patches}
+  for key, minimum in least.items():
+    value = c.data.get(key, 0)
+    _check(isinstance(value, int) and (value == 0 or value >= minimum), f'data.{key}',
+           f'must be 0 (the layout bound) or >= {minimum} (one image document), got {value!r}')
 
 
 def _validate_moe(c: ConfigDict) -> None:

@@ -23,7 +23,7 @@ from dvlm_jax.data import decode, layout, pipeline
 from dvlm_jax.evaluation import runner as eval_runner
 from dvlm_jax.model.dvlm import DreamVLM
 from dvlm_jax.model.layers import ModelConfig
-from dvlm_jax.training import checkpoints, flops, losses, metrics as metrics_lib, run_dir
+from dvlm_jax.training import checkpoints, flops, metrics as metrics_lib, run_dir
 from dvlm_jax.training import optimizer as optim_lib
 from dvlm_jax.training import step as step_lib
 
@@ -92,11 +92,11 @@ def _train(config, workdir: str, main_process: bool) -> dict[str, float]:
 
   model = DreamVLM(ModelConfig.from_config(config))
   data = pipeline.batches_for(config)                   # this process's rows, checkpointable
-  batch_spec = layout.batch_spec(layout.LayoutConfig.from_config(config), config.data.batch_size)
+  layout_cfg = layout.LayoutConfig.from_config(config)
+  batch_spec = layout.batch_spec(layout_cfg, config.data.batch_size)
   batch_spec = {k: jax.ShapeDtypeStruct(shape, dtype) for k, (shape, dtype) in batch_spec.items()}
 
   optimizer = optim_lib.make_optimizer(config)
-  schedule = optim_lib.learning_rate_schedule(config)
   init_rng, step_rng = jax.random.split(jax.random.key(config.train.seed))
   ema = config.optim.ema_decay > 0
   ckpt = checkpoints.Checkpointer(workdir, config)
@@ -120,12 +120,8 @@ def _train(config, workdir: str, main_process: bool) -> dict[str, float]:
           f'parameters; mesh {dict(mesh.shape)} over {jax.process_count()} process(es); '
           f'{config.data.batch_size} x {config.data.seq_len} tokens per step', flush=True)
 
-  train_step = step_lib.jit_train_step(
-      step_lib.make_train_step(model, optimizer, losses.LossConfig.from_config(config), schedule,
-                               accum_steps=config.train.grad_accum_steps,
-                               ema_decay=config.optim.ema_decay,
-                               nan_at_steps=tuple(config.debug.nan_at_steps)),
-      state_shardings, mesh, axis_rules)
+  train_step = step_lib.configured_train_step(config, model, optimizer, state_shardings, mesh,
+                                              axis_rules)
   to_global = sharding.global_batch_fn(mesh, axis_rules)
   logger = metrics_lib.MetricsLogger(workdir, config, first_step=start)
   preemption = distributed.Preemption()
@@ -138,6 +134,7 @@ def _train(config, workdir: str, main_process: bool) -> dict[str, float]:
       if profile and step == profile[0]:
         jax.profiler.start_trace(os.path.join(workdir, 'profile'))
       local = next(data)
+      layout.check_capacities(local, layout_cfg)   # the model would drop what overflows
       state, metrics = train_step(state, to_global(local), step_rng)
       if step == start + 1 or step % config.train.log_every == 1:  # FLOPs of a sample batch
         step_flops = flops.train_step_flops(config, local) * jax.process_count()
@@ -198,7 +195,7 @@ def main(argv=None) -> int:
   start = time.perf_counter()
   try:
     train(config, args.workdir)
-  except (pipeline.DataError, decode.TooManyBadRecords) as e:
+  except (pipeline.DataError, decode.TooManyBadRecords, layout.CapacityError) as e:
     return fail(f'data: {e}', 2)
   except (run_dir.RunDirError, checkpoints.CheckpointError, cfg_lib.ConfigError) as e:
     return fail(str(e), 2)   # ConfigError here: sharding.check's mesh / divisibility lines

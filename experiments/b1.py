@@ -17,6 +17,13 @@ def get_config(arg=None):
   c.image.scales = (2, 4, 8, 16)
   c.data.seq_len = 4096
   c.data.batch_size = 256
+  # Per-row stream capacities (docs/architecture.md): a row holds 5 images (3400 image
+  # tokens, the layout's bound); built-in rows carry <= 700 text tokens and ~860 image
+  # targets (<= 1460), so the packer moves the few rows past 1024 targets to other rows
+  # (no extra padding at 32+ rows). benchmarks/flops_audit.py: 1.096 x the useful FLOPs.
+  c.data.max_text_tokens = 768
+  c.data.max_text_targets = 768
+  c.data.max_image_targets = 1024
   c.model.dtype = 'bfloat16'
   c.model.remat = 'dots'
   c.optim.lr = 3e-4

@@ -438,7 +438,10 @@ def test_model_with_kernel_matches_xla():
   model, params = build(config, batch)
   kernel_model = DreamVLM(ModelConfig.from_config(
       tiny_config(model__attention='pallas_interpret', **outs)))
-  run = lambda m: jax.jit(lambda b: m.apply({'params': params}, b, return_hidden=True))(batch)
+  rows, length = batch['segment_ids'].shape
+  index = jnp.broadcast_to(jnp.arange(length), (rows, length))
+  run = lambda m: jax.jit(lambda b: m.apply({'params': params}, b, return_hidden=True,
+                                            heads={'text': index, 'image': index}))(batch)
   want, got = run(model), run(kernel_model)
   used = batch['segment_ids'] > 0
   flat = lambda o: {**{k: o[k] for k in ('text_logits', 'patch_pred', 'imgen_cond')},

@@ -4,6 +4,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 
+from dvlm_jax.data import layout
 from dvlm_jax.model import attention
 from dvlm_jax.model.dvlm import DreamVLM
 from dvlm_jax.model.layers import ModelConfig
@@ -33,8 +34,7 @@ def test_stage_counts_follow_the_switches():
   for stage, value in no_out.items():
     assert value == (0.0 if stage.endswith('_out') else useful[stage]), stage
   # Each stage's useful work is part of what the model computes today.
-  rows, length = batch['segment_ids'].shape
-  implemented = flops.implemented_stage_flops(config, rows, length)
+  implemented = flops.implemented_stage_flops(config, batch['segment_ids'].shape[0])
   assert all(useful[s] <= implemented[s] for s in flops.STAGES)
   # Bidirectional image blocks cost more attention than causal ones.
   causal = tiny_config('causal_images')
@@ -60,11 +60,13 @@ def test_implemented_flops_are_what_xla_counts():
   model = DreamVLM(ModelConfig.from_config(config))
   params = nn.unbox(jax.eval_shape(lambda b: model.init(jax.random.key(0), b), batch))['params']
   rows, length = batch['segment_ids'].shape
-  want = flops.implemented_stage_flops(config, rows, length)
+  want = flops.implemented_stage_flops(config, rows)
   forward = xla_flops(lambda p, b: model.apply({'params': p}, b), params, batch)
   blocks_and_heads = sum(v for k, v in want.items() if k != 'diffusion_head')
   assert 1.0 <= forward / blocks_and_heads < 1.02, forward / blocks_and_heads
-  shape = lambda *s: jax.ShapeDtypeStruct((rows, length, *s), np.float32)
+  # The diffusion head runs on the image-target slots of each row.
+  slots = layout.LayoutConfig.from_config(config).capacities().image_targets
+  shape = lambda *s: jax.ShapeDtypeStruct((rows, slots, *s), np.float32)
   denoise = xla_flops(lambda p, x, t, c: model.apply({'params': p}, x, t, c, method=DreamVLM.denoise),
                       params, shape(config.image.patch_size ** 2 * 3), shape(), shape(256))
   per_sample = want['diffusion_head'] / config.diffusion.noise_samples

@@ -147,7 +147,8 @@ def test_kv_cache_decoding_equals_full_forward(vlm):
   decoded = vlm._text.decode(vlm.params, docs, max_new_tokens=6,
                              sampling=text_lib.Sampling(temperature=1.0, seed=3),
                              keep_logits=True)
-  out = vlm.model.apply({'params': vlm.params}, decoded.batch)
+  every = lambda b: {'text': np.broadcast_to(np.arange(b['tokens'].shape[1]), b['tokens'].shape)}
+  out = vlm.model.apply({'params': vlm.params}, decoded.batch, heads=every(decoded.batch))
   p = decoded.prompt_end
   for r in range(2):
     n = len(decoded.ids[r])
@@ -157,7 +158,7 @@ def test_kv_cache_decoding_equals_full_forward(vlm):
     np.testing.assert_array_equal(decoded.batch['tokens'][r, p:p + n], decoded.ids[r])
   # Greedy decoding = argmax of the full pass over allowed ids, token by token.
   greedy = vlm._text.decode(vlm.params, docs, max_new_tokens=6, keep_logits=True)
-  out = vlm.model.apply({'params': vlm.params}, greedy.batch)
+  out = vlm.model.apply({'params': vlm.params}, greedy.batch, heads=every(greedy.batch))
   allowed = text_lib.allowed_ids(vlm.model.cfg.vocab_size, vlm.tokenizer.vocab_size)
   for r in range(2):
     n = len(greedy.ids[r])

@@ -463,3 +463,27 @@ def test_bad_config_raises():
              dict(scales=tuple(range(1, 10)))):
     with pytest.raises(ValueError):
       make_cfg(**kw)
+
+
+def test_rows_stay_within_capacities_and_batches_past_them_are_named():
+  # 2 scales: an image is 14 tokens (10 image tokens, up to 5 targets); 5 fit a row of 80.
+  cfg = make_cfg(seq_len=80, scales=(1, 2), share_unmasked=0.0, share_fully_masked=1.0)
+  assert cfg.capacity_bounds() == layout.Capacities(80, 50, 79, 25)
+  tight = layout.LayoutConfig(**{**cfg.__dict__, 'max_text_tokens': 40,
+                                 'max_image_targets': 5})
+  rng = np.random.default_rng(0)
+  img = rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)
+  docs = [['ab', img]] * 4 + [['a long text-only document ' * 3]]
+  enc = [layout.encode_document(d, tight, TOK, rng) for d in docs]
+  batch, stats = layout.pack(enc, tight, 4)
+  counts = layout.row_counts(batch)
+  # One fully masked image fills a row's 5 image targets: one image document per row,
+  # though two would fit its 80 tokens; the long text is cut to the 40 text tokens.
+  assert counts[:, 3].tolist() == [5, 5, 5, 5] and stats.documents == 4
+  batch, stats = layout.pack(enc[-1:], tight, 1)
+  assert stats.truncated == 1 and layout.row_counts(batch)[0, 0] == 40
+  layout.check_capacities(batch, tight)
+  # The same documents packed without the capacities overflow them: one line names the key.
+  loose, _ = layout.pack(enc[:4], cfg, 2)
+  with pytest.raises(layout.CapacityError, match=r'data.max_image_targets=5: raise '):
+    layout.check_capacities(loose, tight)

@@ -9,12 +9,21 @@ import numpy as np
 import pytest
 
 from dvlm_jax import config as cfg_lib
+from dvlm_jax.data import layout
 from dvlm_jax.training import losses, optimizer as optim_lib, step as step_lib
 from dvlm_jax import sharding
-from dvlm_jax.model import layers
+from dvlm_jax.model import attention, layers
+from dvlm_jax.model.dvlm import DreamVLM
 from tests.conftest import build, image_batch, tiny_config
 
 TEXT, IMAGE = 1, 2
+
+
+def every_position(batch):
+  """Heads read at every position of the row: per-position outputs, for leakage tests."""
+  rows, length = batch['segment_ids'].shape
+  index = jnp.broadcast_to(jnp.arange(length), (rows, length))
+  return {'text': index, 'image': index}
 
 
 @pytest.fixture(scope='module')
@@ -22,7 +31,8 @@ def setup():
   config = tiny_config()
   batch = image_batch(config)
   model, params = build(config, batch)
-  forward = jax.jit(lambda b: model.apply({'params': params}, b, return_hidden=True))
+  forward = jax.jit(lambda b: model.apply({'params': params}, b, return_hidden=True,
+                                          heads=every_position(b)))
   return config, batch, forward
 
 
@@ -133,6 +143,58 @@ VARIANTS = [None, 'janus', 'moe', 'demo'] + sorted(cfg_lib.ABLATIONS)
 MOE = dict(model__moe_experts=4, model__moe_top_k=2, model__moe_group_size=64)
 
 
+def full_row_reference(model, params, batch):
+  """The model as it ran before each stage ran on its own positions: every stage over
+  the whole row under the dense mask, stage outputs selected with `where`, out stacks
+  as self-attention over the row. Per-position outputs [B, L, ...]."""
+  m = model.bind({'params': params})
+  c = model.cfg
+  pos, seg, end = batch['positions'], batch['segment_ids'], batch['attn_end']
+  own = jnp.broadcast_to(jnp.arange(seg.shape[1]), seg.shape)
+  rule = lambda scope, q_end: attention.make_mask(scope, scope, q_end)
+  is_text = batch['modality'] == TEXT
+  text_in = m.text_in(m.embed_text(batch['tokens']), pos, rule(jnp.where(is_text, seg, 0), own))
+  image_in = m.image_in(m.embed_image(batch), pos, rule(batch['image_id'], end))
+  x = jnp.where((batch['modality'] == IMAGE)[..., None], image_in, text_in)
+  doc = rule(seg, end)
+  core = m.core(x, pos, doc, valid=seg > 0)
+  out = {'text_logits': m.lm_head(m.text_norm(m.text_out(core, pos, doc))).astype(jnp.float32)}
+  if c.imun_head:
+    out['patch_pred'] = m.patch_head(m.imun_norm(m.imun_out(core, pos, doc))).astype(jnp.float32)
+  if c.diffusion_head:
+    out['imgen_cond'] = m.imgen_norm(m.imgen_out(core, pos, doc))
+  return out
+
+
+def reference_loss(model, params, batch, rng, cfg, ref, image_stream):
+  """compute_loss's total over the reference's per-position outputs; the diffusion
+  noise is drawn per slot of `image_stream`, as the loss draws it."""
+  w_text, w_image = batch['text_weights'], batch['image_weights']
+  logp = jax.nn.log_softmax(ref['text_logits'], axis=-1)
+  nll = -jnp.take_along_axis(logp, batch['text_targets'][..., None], axis=-1)[..., 0]
+  total = cfg.text_weight * losses.weighted_mean(nll, w_text)
+  targets = batch['image_targets']
+  if 'patch_pred' in ref:
+    target = losses.normalize_patches(targets) if cfg.imun_norm_pix else targets
+    err = jnp.mean(jnp.square(ref['patch_pred'] - target), axis=-1)
+    total = total + cfg.imun_weight * losses.weighted_mean(err, w_image)
+  if 'imgen_cond' in ref:
+    at = image_stream
+    cond = at.gather(ref['imgen_cond'])
+    denoise = lambda x_t, t: model.apply({'params': params}, x_t, t, cond, method=DreamVLM.denoise)
+    per_slot = cfg.objective.loss(denoise, at.gather(targets), rng)
+    total = total + cfg.imgen_weight * losses.weighted_mean(per_slot, at.gather(w_image, fill=0.0))
+  return total
+
+
+def tight_capacities(config, batch):
+  """The config with each per-row capacity at the batch's own largest count."""
+  config = cfg_lib.ConfigDict(config)
+  for key, count in zip(layout.CAPACITY_KEYS, layout.row_counts(batch).max(axis=0)):
+    config.data[key.split('.')[1]] = max(int(count), 1)
+  return config
+
+
 @pytest.mark.parametrize('variant', VARIANTS)
 def test_variant_builds_with_finite_loss_and_grads(variant):
   if variant == 'janus':
@@ -146,6 +208,9 @@ def test_variant_builds_with_finite_loss_and_grads(variant):
   else:
     config = tiny_config(variant)
   batch = image_batch(config)
+  if variant is None:   # streams filled to the last slot: nothing to spare, nothing dropped
+    config = tight_capacities(config, batch)
+    assert image_batch(config)['tokens'].tolist() == batch['tokens'].tolist()
   model, params = build(config, batch)
   # adaLN-Zero starts with zero modulation/output kernels, which pass no gradient to the
   # condition at step 0; nudge them as one optimizer step would, so liveness is testable.
@@ -153,10 +218,32 @@ def test_variant_builds_with_finite_loss_and_grads(variant):
   params = jax.tree_util.tree_map(
       lambda x: x + 1e-3 * jax.random.normal(nudge, x.shape) if not np.any(x) else x, params)
   loss_cfg = losses.LossConfig.from_config(config)
-  grad_fn = jax.jit(jax.value_and_grad(
-      lambda p: losses.compute_loss(model, p, batch, jax.random.key(1), loss_cfg), has_aux=True))
-  (loss, metrics), grads = grad_fn(params)
+  rng = jax.random.key(1)
+
+  @jax.jit
+  def run(params):
+    value_and_grad = jax.value_and_grad(
+        lambda p: losses.compute_loss(model, p, batch, rng, loss_cfg), has_aux=True)
+    ref, out = full_row_reference(model, params, batch), model.apply({'params': params}, batch)
+    return (value_and_grad(params), out, ref,
+            reference_loss(model, params, batch, rng, loss_cfg, ref, out.get('image_stream')))
+  ((loss, metrics), grads), out, ref, ref_loss = run(params)
   assert np.isfinite(float(loss))
+  # Each stage on its own positions computes what the full row computed there.
+  for name, stream in (('text_logits', 'text_stream'), ('patch_pred', 'image_stream'),
+                       ('imgen_cond', 'image_stream')):
+    assert (name in out) == (name in ref), name
+    if name in out:
+      at = out[stream]
+      want = np.flatnonzero(batch['text_weights' if stream == 'text_stream' else 'image_weights'])
+      rows, index = np.nonzero(np.asarray(at.valid))
+      assert len(rows) == len(want)          # every loss position has a slot
+      got, full = np.asarray(out[name]), np.asarray(ref[name])
+      np.testing.assert_allclose(got[rows, index], full[rows, np.asarray(at.index)[rows, index]],
+                                 atol=2e-5, err_msg=name)
+  np.testing.assert_allclose(float(loss - (config.loss.moe_aux_weight * metrics['moe_aux']
+                                           if variant == 'moe' else 0.0)),
+                             float(ref_loss), rtol=1e-5)
   for name, value in metrics.items():
     assert np.isfinite(float(value)), name
   leaves = jax.tree_util.tree_leaves_with_path(grads)
@@ -260,7 +347,7 @@ def moe_setup():
   batch = image_batch(config)
   model, params = build(config, batch)
   forward = jax.jit(lambda b: model.apply({'params': params}, b, return_hidden=True,
-                                          mutable=['intermediates']))
+                                          heads=every_position(b), mutable=['intermediates']))
   return config, batch, lambda b: forward(b)[0], forward, model, params
 
 
@@ -287,7 +374,7 @@ def test_moe_chunked_decoding_matches_the_full_forward(moe_setup):
   # priority: a group's routing needs no later token). A shorter chunk is its own group.
   config, batch, forward, _, model, params = moe_setup
   full = forward(batch)['text_logits']
-  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), batch, chunk=(0, 1)))
+  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), batch, chunk=(0, 1), heads={}))
   cache = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes['cache'])
   group = config.model.moe_group_size
 
@@ -295,8 +382,9 @@ def test_moe_chunked_decoding_matches_the_full_forward(moe_setup):
   def decode(cache):
     logits = []
     for chunk in ((0, group), (group, group), (2 * group, 1)):
+      heads = {'text': jnp.broadcast_to(jnp.arange(chunk[1]), (batch['tokens'].shape[0], chunk[1]))}
       out, state = model.apply({'params': params, 'cache': cache}, batch, chunk=chunk,
-                               mutable=['cache'])
+                               heads=heads, mutable=['cache'])
       cache = state['cache']
       logits.append(out['text_logits'])
     return jnp.concatenate(logits, axis=1)
@@ -352,7 +440,8 @@ def test_scale_weighting_weighs_each_scale_once():
   for weighting in ('token', 'scale'):
     cfg = losses.LossConfig(1.0, 1.0, 1.0, True, 3, None, scale_weighting=weighting)
     metrics = {}
-    results[weighting] = float(losses._image_part('imun', per_position, batch, cfg, metrics))
+    results[weighting] = float(losses._image_part('imun', per_position, batch['image_weights'],
+                                                       batch['scale'], cfg, metrics))
     assert float(metrics['imun/scale_2']) == 4.0 and float(metrics['imun/scale_3']) == 0.0
   assert results['token'] == 7.0 / 4
   assert results['scale'] == (1.0 + 4.0) / 2     # scale 3 has no target: not averaged in

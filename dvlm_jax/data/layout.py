@@ -5,7 +5,8 @@ jax. Three steps:
 
   resize_to_scales  image -> one [s*s, patch_dim] patch array per scale
   encode_document   text spans and images -> 1-D per-token fields of one document
-  Packer / pack     whole documents -> `batch_size` rows of `seq_len` tokens
+  Packer / pack     whole documents -> `batch_size` rows of `seq_len` tokens, each row
+                    within the per-row capacities of the model's stages (`Capacities`)
 
 A document is laid out as `<BOS> items... <EOS>`; an image item becomes
 
@@ -20,7 +21,7 @@ model never re-derives the layout.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 from PIL import Image
@@ -32,6 +33,40 @@ COPY_NONE, COPY_MASKED, COPY_UNMASKED = 0, 1, 2
 
 Item = str | np.ndarray
 Document = Sequence[Item]
+
+
+class CapacityError(ValueError):
+  """A batch row holds more positions of some kind than its capacity (names the key)."""
+
+
+class Capacities(NamedTuple):
+  """Per-row sizes of the streams each model stage runs on (static shapes under jit).
+
+  text_tokens    text-in: text positions (modality text)
+  image_tokens   image-in and the patch embedding: image positions
+  text_targets   text-out and the LM head: positions with a text target
+  image_targets  imun-out / imgen-out, patch and diffusion heads: predicting positions
+  """
+  text_tokens: int
+  image_tokens: int
+  text_targets: int
+  image_targets: int
+
+
+# The config key bounding each capacity (0 = the layout's bound, `LayoutConfig.capacities`).
+CAPACITY_KEYS = Capacities('data.max_text_tokens', 'data.max_image_tokens',
+                           'data.max_text_targets', 'data.max_image_targets')
+
+
+def position_kinds(fields: dict[str, np.ndarray]) -> np.ndarray:
+  """[..., L, 4] bool: the `Capacities` kinds each position of contract fields counts in."""
+  return np.stack([fields['modality'] == MODALITY_TEXT, fields['modality'] == MODALITY_IMAGE,
+                   fields['text_weights'] > 0, fields['image_weights'] > 0], axis=-1)
+
+
+def row_counts(fields: dict[str, np.ndarray]) -> np.ndarray:
+  """[..., 4] count of each `Capacities` kind in rows of contract fields [..., L]."""
+  return np.count_nonzero(position_kinds(fields), axis=-2)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +84,12 @@ class LayoutConfig:
   share_unmasked: float = 0.1
   share_fully_masked: float = 0.1
   caption_dropout: float = 0.1
+  # Per-row bounds of each stage's stream (`Capacities`, `CAPACITY_KEYS`); 0 = the bound
+  # the layout itself implies.
+  max_text_tokens: int = 0
+  max_image_tokens: int = 0
+  max_text_targets: int = 0
+  max_image_targets: int = 0
 
   def __post_init__(self):
     object.__setattr__(self, 'scales', tuple(int(s) for s in self.scales))
@@ -83,7 +124,10 @@ class LayoutConfig:
         image_targets=str(i.targets), mask_ratio_min=float(i.mask_ratio_min),
         mask_ratio_max=float(i.mask_ratio_max), share_unmasked=float(i.share_unmasked),
         share_fully_masked=float(i.share_fully_masked),
-        caption_dropout=float(i.caption_dropout))
+        caption_dropout=float(i.caption_dropout),
+        # .get: run directories written before capacities existed have no such keys.
+        **{key.split('.')[1]: int(config.data.get(key.split('.')[1], 0))
+           for key in CAPACITY_KEYS})
 
   @property
   def patch_dim(self) -> int:
@@ -94,6 +138,37 @@ class LayoutConfig:
     """Tokens one image takes: <IMG>, <IMG_END>, and per scale a marker plus its copies."""
     copies = 2 if self.dual_copy else 1
     return 2 + sum(1 + copies * s * s for s in self.scales)
+
+  def capacity_bounds(self) -> Capacities:
+    """What a row can hold at most: every position text, or as many images as fit
+    (one document `<BOS> image ... image <EOS>`), each with every M_k patch a target."""
+    patches = sum(s * s for s in self.scales)
+    images = max(0, (self.seq_len - 2) // self.image_tokens)
+    copies = 2 if self.dual_copy else 1
+    return Capacities(self.seq_len, images * copies * patches, self.seq_len - 1,
+                      images * patches)
+
+  def capacities(self) -> Capacities:
+    """The per-row capacities: the configured `max_*` keys (0 = the bound), at most the bound."""
+    configured = (self.max_text_tokens, self.max_image_tokens, self.max_text_targets,
+                  self.max_image_targets)
+    return Capacities(*(min(c, b) if c else b
+                        for c, b in zip(configured, self.capacity_bounds())))
+
+
+def check_capacities(batch: dict[str, np.ndarray], cfg: LayoutConfig) -> None:
+  """Raises CapacityError (one line naming the key) when a row exceeds a capacity: the
+  model would drop those positions. Batches made by `Packer` never do."""
+  counts = row_counts(batch)
+  caps = np.asarray(cfg.capacities())
+  over = np.argwhere(counts > caps)
+  if over.size:
+    row, kind = (int(x) for x in over[0])
+    key = CAPACITY_KEYS[kind]
+    raise CapacityError(
+        f'batch row {row} holds {counts[row, kind]} {Capacities._fields[kind]} > '
+        f'{key}={caps[kind]}: raise {key} (0 = the layout bound '
+        f'{cfg.capacity_bounds()[kind]}) or build batches with layout.Packer')
 
 
 def batch_spec(cfg: LayoutConfig, batch_size: int) -> dict[str, tuple[tuple[int, ...], Any]]:
@@ -385,7 +460,8 @@ class PackStats:
 
 
 class Packer:
-  """Greedy first-fit of whole documents into `batch_size` rows of `seq_len` tokens.
+  """Greedy first-fit of whole documents into `batch_size` rows of `seq_len` tokens,
+  each row also within the per-row `cfg.capacities()` (a row is full when any is).
 
   Streaming use:
 
@@ -396,7 +472,8 @@ class Packer:
         packer.add(doc)              # always True on an empty packer
 
   `add` on an empty packer never returns False: a document either fits an empty
-  row, is truncated (text only), or is skipped (an image that cannot fit).
+  row, is truncated (text only), or is skipped (an image that cannot fit a row or a
+  capacity).
   """
 
   def __init__(self, cfg: LayoutConfig, batch_size: int):
@@ -404,35 +481,50 @@ class Packer:
       raise ValueError(f'batch_size must be >= 1, got {batch_size}')
     self.cfg = cfg
     self.batch_size = batch_size
+    # Per row: tokens, then the `Capacities` kinds; a document must fit all of them.
+    self.limits = np.asarray((cfg.seq_len,) + tuple(cfg.capacities()))
     self._reset()
 
   def _reset(self):
     self.rows: list[list[dict[str, np.ndarray]]] = [[] for _ in range(self.batch_size)]
-    self.used = [0] * self.batch_size
+    self.used = np.zeros((self.batch_size, len(self.limits)), np.int64)
     self.stats = PackStats()
+
+  def _sizes(self, doc: dict[str, np.ndarray]) -> np.ndarray:
+    return np.concatenate([[len(doc['tokens'])], row_counts(doc)])
 
   def add(self, doc: dict[str, np.ndarray]) -> bool:
     """Places `doc` in the first row with room; False (doc not consumed) if none has room."""
-    n = len(doc['tokens'])
-    if n > self.cfg.seq_len:
+    sizes = self._sizes(doc)
+    if np.any(sizes > self.limits):
       if np.any(doc['modality'] == MODALITY_IMAGE):
         # Cutting an image would leave a block without its end: drop the document.
         self.stats.skipped += 1
         return True
-      doc = truncate(doc, self.cfg.seq_len)
-      n = self.cfg.seq_len
+      doc = truncate(doc, self._longest_prefix(doc))
+      sizes = self._sizes(doc)
       self.stats.truncated += 1
     for r in range(self.batch_size):
-      if self.used[r] + n <= self.cfg.seq_len:
+      if np.all(self.used[r] + sizes <= self.limits):
         self.rows[r].append(doc)
-        self.used[r] += n
+        self.used[r] += sizes
         self.stats.documents += 1
-        self.stats.tokens += n
+        self.stats.tokens += int(sizes[0])
         return True
     return False
 
+  def _longest_prefix(self, doc: dict[str, np.ndarray]) -> int:
+    """Tokens of the longest prefix of a text-only document within an empty row's limits."""
+    kinds = position_kinds(doc)
+    per_token = np.concatenate([np.ones((len(kinds), 1), np.int64), kinds], axis=-1)
+    counts = np.cumsum(per_token, axis=0)     # counts[m - 1]: of the first m tokens
+    # ... whose last token loses its target when cut there (`truncate`).
+    counts[:, 3] = np.concatenate([[0], counts[:-1, 3]])
+    fits = np.all(counts <= self.limits, axis=-1)
+    return int(np.argmin(fits)) if not fits.all() else len(fits)
+
   def empty(self) -> bool:
-    return not any(self.used)
+    return not self.used.any()
 
   def finish(self) -> tuple[dict[str, np.ndarray], PackStats]:
     """The packed batch (padding where rows are not full) and its stats; resets the packer."""

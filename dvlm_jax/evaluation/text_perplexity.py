@@ -29,6 +29,7 @@ from dvlm_jax.data import layout as layout_lib
 from dvlm_jax.data import pipeline
 from dvlm_jax.data import shapes
 from dvlm_jax.evaluation.base import Evaluator
+from dvlm_jax.training import losses
 
 SPLIT = 'validation'   # model selection reads validation; test stays for the image probes
 
@@ -36,10 +37,7 @@ SPLIT = 'validation'   # model selection reads validation; test stays for the im
 @functools.partial(jax.jit, static_argnums=0)  # one compile per model and batch shape
 def _text_nll_sums(model, params, batch):
   """(sum of next-token NLL over text_weights, sum of weights) of one packed batch."""
-  logits = model.apply({'params': params}, batch)['text_logits'].astype(jnp.float32)
-  logp = jax.nn.log_softmax(logits, axis=-1)
-  nll = -jnp.take_along_axis(logp, batch['text_targets'][..., None], axis=-1)[..., 0]
-  weights = batch['text_weights']
+  nll, _, weights = losses.text_nll(model.apply({'params': params}, batch), batch)
   return jnp.sum(nll * weights), jnp.sum(weights)
 
 

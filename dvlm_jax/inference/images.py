@@ -138,12 +138,15 @@ def patch_masks(mask: np.ndarray, cfg: layout.LayoutConfig) -> list[np.ndarray]:
 # Module-level programs with the (hashable) model static: every generator of an equal
 # model shares them, e.g. evaluation building a new VLM from live params at every eval.
 
-def _select(out, pred_at: int, size: int):
-  """Diffusion conditions and imun predictions at one scale's predicting positions."""
-  cond = jax.lax.dynamic_slice_in_dim(out['imgen_cond'], pred_at, size, axis=1)
-  pred = (jax.lax.dynamic_slice_in_dim(out['patch_pred'], pred_at, size, axis=1)
-          if 'patch_pred' in out else None)
-  return cond, pred
+def _heads(rows: int, positions) -> dict:
+  """The image heads read at `positions` (of the call) in every row; none when empty."""
+  positions = jnp.asarray(positions, jnp.int32)
+  return {'image': jnp.broadcast_to(positions, (rows, positions.size))} if positions.size else {}
+
+
+def _conditions(out):
+  """Diffusion conditions and imun predictions (None without the imun head)."""
+  return out['imgen_cond'], out.get('patch_pred')
 
 
 @functools.partial(jax.jit, static_argnames=('model', 'start', 'n', 'pred_at', 'size'),
@@ -154,18 +157,20 @@ def _chunk(params, cache, batch, *, model: DreamVLM, start: int, n: int, pred_at
   the conditions and imun predictions at the next scale's predicting positions, and the cache."""
   if cache is None:
     cache = empty_cache(model, batch)
+  heads = _heads(batch['tokens'].shape[0], pred_at - start + np.arange(size))
   out, state = model.apply({'params': params, 'cache': cache}, batch, chunk=(start, n),
-                           mutable=['cache'])
+                           heads=heads, mutable=['cache'])
   if size == 0:
     return None, None, state['cache']
-  cond, pred = _select(out, pred_at - start, size)
+  cond, pred = _conditions(out)
   return cond, pred, state['cache']
 
 
 @functools.partial(jax.jit, static_argnames=('model', 'pred_at', 'size'))
 def _full(params, batch, *, model: DreamVLM, pred_at: int, size: int):
   """The slow reference: the whole row through the model, no cache."""
-  return _select(model.apply({'params': params}, batch), pred_at, size)
+  heads = _heads(batch['tokens'].shape[0], pred_at + np.arange(size))
+  return _conditions(model.apply({'params': params}, batch, heads=heads))
 
 
 @functools.partial(jax.jit, static_argnames=('model', 'objective', 'norm_pix', 'steps',
@@ -201,9 +206,11 @@ def _draw(params, cond, pred, given, where, key, guidance, temperature, *, model
   return x, jnp.sum(err * w, axis=-1) / jnp.maximum(jnp.sum(w, axis=-1), 1.0)
 
 
-@functools.partial(jax.jit, static_argnames=('model',))
-def _patch_pred(params, batch, *, model: DreamVLM):
-  return model.apply({'params': params}, batch)['patch_pred']
+@functools.partial(jax.jit, static_argnames=('model', 'positions'))
+def _patch_pred(params, batch, *, model: DreamVLM, positions: tuple[int, ...]):
+  """The imun head at `positions` of every row: [B, len(positions), P]."""
+  heads = _heads(batch['tokens'].shape[0], np.asarray(positions))
+  return model.apply({'params': params}, batch, heads=heads)['patch_pred']
 
 
 # ------------------------------------------------------------------------- generation
@@ -399,14 +406,17 @@ class ImageGenerator:
     length = sequence.bucket(len(docs[0]['tokens']), 64)
     batch = sequence.place(docs, self.cfg, length, [0] * len(docs), 0)
     slots = sequence.image_slots(batch, self.cfg.target_shift)
-    pred_all = np.asarray(_patch_pred(params, batch, model=self.model))
+    # The imun head only where scale k's patches are predicted, scale after scale.
+    firsts = np.cumsum((0,) + slots.sizes)
+    positions = tuple(int(p) for k, size in enumerate(slots.sizes)
+                      for p in slots.predicting(k) + np.arange(size))
+    pred_all = np.asarray(_patch_pred(params, batch, model=self.model, positions=positions))
     results = []
     for r, it in enumerate(items):
       res = {key: [] for key in ('masked', 'prediction', 'target', 'mask', 'mse', 'psnr')}
       for k, s in enumerate(self.cfg.scales):
         target, mask = it.patches[k], it.masks[k]
-        at = slots.predicting(k)
-        raw = pred_all[r, at:at + slots.sizes[k]]
+        raw = pred_all[r, firsts[k]:firsts[k + 1]]
         norm = losses.normalize_patches(jnp.asarray(target)) if self.norm_pix else target
         err = np.mean(np.square(raw - np.asarray(norm)), axis=-1)
         if self.norm_pix:   # de-normalise with the true patch statistics, for display

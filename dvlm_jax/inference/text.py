@@ -82,7 +82,8 @@ def sample_logits(logits: jax.Array, key: jax.Array, allowed: jax.Array, tempera
 
 def empty_cache(model: DreamVLM, batch) -> dict:
   """Zero KV caches over the whole row (shapes from an abstract init, nothing computed)."""
-  shapes = jax.eval_shape(functools.partial(model.init, chunk=(0, 1)), jax.random.key(0), batch)
+  shapes = jax.eval_shape(functools.partial(model.init, chunk=(0, 1), heads={}),
+                          jax.random.key(0), batch)
   return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes['cache'])
 
 
@@ -98,9 +99,11 @@ def _decode(params, batch, rng, max_new, temperature, top_k, top_p, *, model: Dr
   rows, length = batch['tokens'].shape
   slots = length - prompt_end
   allowed = jnp.asarray(allowed_ids(model.cfg.vocab_size, tokenizer_size))
+  # The LM head is read at one position per chunk: the prompt's last, then the new token.
+  last = lambda at: {'text': jnp.full((rows, 1), at, jnp.int32)}
   out, state = model.apply({'params': params, 'cache': empty_cache(model, batch)}, batch,
-                           chunk=(0, prompt_end), mutable=['cache'])
-  logits = out['text_logits'][:, -1]
+                           chunk=(0, prompt_end), heads=last(prompt_end - 1), mutable=['cache'])
+  logits = out['text_logits'][:, 0]
   ids = jnp.zeros((rows, slots), jnp.int32)
   all_logits = jnp.zeros((rows, slots if keep_logits else 0, logits.shape[-1]), jnp.float32)
   stop = jnp.asarray(STOP_IDS, jnp.int32)
@@ -124,7 +127,7 @@ def _decode(params, batch, rng, max_new, temperature, top_k, top_p, *, model: Dr
     at = prompt_end + i
     tokens = jax.lax.dynamic_update_slice(tokens, nxt[:, None], (0, at))
     out, state = model.apply({'params': params, 'cache': cache}, dict(batch, tokens=tokens),
-                             chunk=(at, 1), mutable=['cache'])
+                             chunk=(at, 1), heads=last(0), mutable=['cache'])
     return i + 1, tokens, state['cache'], out['text_logits'][:, 0], done, ids, all_logits
 
   carry = (jnp.int32(0), batch['tokens'], state['cache'], logits, jnp.zeros(rows, bool), ids,

@@ -57,6 +57,11 @@ def stage_mask(q_scope: jax.Array, k_scope: jax.Array, q_end: jax.Array,
   return ScopeMask(q_scope, k_scope, q_end)
 
 
+def key_length(mask: jax.Array | ScopeMask) -> int:
+  """The number of keys a mask (dense or `ScopeMask`) ranges over."""
+  return mask.k_scope.shape[-1] if isinstance(mask, ScopeMask) else mask.shape[-1]
+
+
 def make_mask(q_scope: jax.Array, k_scope: jax.Array, q_end: jax.Array,
               k_index: jax.Array | None = None) -> jax.Array:
   """Boolean mask [B, Lq, Lk]: query q sees key k under the VLM rule.

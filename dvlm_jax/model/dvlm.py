@@ -10,10 +10,12 @@ text-in sees earlier text of its document, image-in sees its own image under
 whole document under `attn_end`. A block count of 0 makes that stage shared: with all
 in/out counts 0 the model is the Janus-like baseline (one stack, heads on the core).
 
-Modality blocks run over the whole row and their outputs are selected per position
-(`where`); queries outside a block's scope attend to nothing and are discarded. This
-keeps shapes static; compacting each modality's positions is a performance change that
-must not change any output.
+Each stage runs on its own positions only (`streams`): text-in on the text positions,
+image-in (and the patch embedding) on the image positions, each out stack and its head
+on the positions that head is read at, gathered into fixed per-row capacities
+(`layout.Capacities`, config `data.max_*`) so shapes stay static. The core runs over
+the whole row. An out stack's queries are its positions; the keys of every one of its
+layers are the core output of the whole document (docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from dvlm_jax.model import attention
+from dvlm_jax.data import layout
+from dvlm_jax.model import attention, streams
 from dvlm_jax.model.diffusion import DiffusionHead
 from dvlm_jax.model.layers import Dense, ModelConfig, RMSNorm, Stack, constrain
 
@@ -45,6 +48,46 @@ def cell_features(positions: jax.Array) -> jax.Array:
   omega = jnp.pi * 2.0 ** jnp.arange(-CELL_FREQUENCIES + 1, 1, dtype=jnp.float32)
   angle = local[..., None] * omega                                     # [B, L, 2, F]
   return jnp.concatenate([jnp.sin(angle), jnp.cos(angle)], -1).reshape(*positions.shape[:-1], -1)
+
+
+def stage_rules(batch, cfg: ModelConfig, heads=None, chunk=None) -> dict[str, streams.StageRule]:
+  """Each stage's queries and attention rule for one call (`DreamVLM.__call__`'s `heads`
+  and `chunk`): text-in and image-in on their own streams, the core on every position of
+  the call, each out stack at its head's positions with the whole row as keys. An out
+  stack whose head does not run is left out (decoding keeps it, with no queries, so
+  its cache stays complete for later chunks)."""
+  length = batch['segment_ids'].shape[1]
+  if heads is None:
+    if chunk is not None:
+      raise ValueError('chunk= (decoding) needs heads=: the positions to read heads at')
+    caps = layout.Capacities(*(min(n, length) if n else length for n in cfg.capacities))
+  else:   # inference rows are not packed to capacities: nothing may be dropped
+    caps = layout.Capacities(*(length,) * 4)
+  modality, seg, end = batch['modality'], batch['segment_ids'], batch['attn_end']
+  own = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), seg.shape)
+  is_text = modality == TEXT
+  rules = {'text_in': streams.in_stage_rule(is_text, caps.text_tokens,
+                                            jnp.where(is_text, seg, 0), own, chunk),
+           'image_in': streams.in_stage_rule(modality == IMAGE, caps.image_tokens,
+                                             batch['image_id'], end, chunk),
+           'core': streams.row_rule(None, seg, end, chunk)}
+  rows = seg.shape[0]
+  outs = {'text_out': ('text', 'text_weights', caps.text_targets, True),
+          'imun_out': ('image', 'image_weights', caps.image_targets, cfg.imun_head),
+          'imgen_out': ('image', 'image_weights', caps.image_targets, cfg.diffusion_head)}
+  for stage, (head, weights, capacity, present) in outs.items():
+    if not present:
+      continue
+    if heads is None:   # training: the loss positions
+      at = streams.Stream.select(batch[weights] > 0, capacity)
+    elif head in heads:
+      at = streams.Stream.at(heads[head])
+    elif chunk is not None:
+      at = streams.Stream.at(jnp.zeros((rows, 0), jnp.int32))
+    else:
+      continue
+    rules[stage] = streams.row_rule(at, seg, end, chunk)
+  return rules
 
 
 class DreamVLM(nn.Module):
@@ -86,92 +129,100 @@ class DreamVLM(nn.Module):
       self.imgen_norm = RMSNorm(**norm)
       self.denoiser = DiffusionHead(c.patch_dim, c.diffusion_width, c.diffusion_depth, c.dtype)
 
-  def embed(self, batch):
-    """Token embeddings for text positions and patch embeddings for image positions."""
-    c = self.cfg
-    text = jnp.take(self.text_embed, batch['tokens'], axis=0).astype(c.dtype)
-    image = self.patch_embed(batch['patches'].astype(c.dtype))
-    if c.mask_token:
-      image = jnp.where(batch['is_masked'][..., None], self.mask_embed.astype(c.dtype), image)
-    image = image + jnp.take(self.scale_embed, batch['scale'], axis=0).astype(c.dtype)
-    image = image + jnp.take(self.copy_embed, batch['copy'], axis=0).astype(c.dtype)
-    if c.image_pos_embed:
-      image = image + self.cell_embed(cell_features(batch['positions']).astype(c.dtype))
-    names = ('batch', 'length', 'act_embed')
-    return constrain(text, names), constrain(image, names)
+  def embed_text(self, tokens):
+    return jnp.take(self.text_embed, tokens, axis=0).astype(self.cfg.dtype)
 
-  def __call__(self, batch, *, return_hidden: bool = False, chunk=None):
+  def embed_image(self, fields):
+    """Patch embeddings (plus scale, copy and, with `image_pos_embed`, the cell's place)
+    from per-position image fields [..., ]."""
+    c = self.cfg
+    image = self.patch_embed(fields['patches'].astype(c.dtype))
+    if c.mask_token:
+      image = jnp.where(fields['is_masked'][..., None], self.mask_embed.astype(c.dtype), image)
+    image = image + jnp.take(self.scale_embed, fields['scale'], axis=0).astype(c.dtype)
+    image = image + jnp.take(self.copy_embed, fields['copy'], axis=0).astype(c.dtype)
+    if c.image_pos_embed:
+      image = image + self.cell_embed(cell_features(fields['positions']).astype(c.dtype))
+    return image
+
+  def __call__(self, batch, *, heads=None, chunk=None, return_hidden: bool = False):
     """Runs the model on a batch in the contract.
 
-    Returns a dict with `text_logits` [B, L, V] (float32), `patch_pred` [B, L, P] (if
-    imun_head), `imgen_cond` [B, L, D] (the diffusion condition, if diffusion_head) and,
-    with `return_hidden`, `hidden`: each stage's output where it is used.
+    heads=None (training): each stream is selected from the batch (text-out: positions
+    with `text_weights`, image-out: with `image_weights`) into the configured per-row
+    capacities (`cfg.capacities`). heads={'text': [B, n], 'image': [B, m]} (inference,
+    evaluation): the heads run at these positions of the call, a head not named does not
+    run, and every stream has the row's length as capacity, so no row can overflow.
+
+    Returns a dict with `text_logits` [B, Ct, V] (float32) at `text_stream` (a
+    `streams.Stream`: which positions of the call each slot is), `patch_pred` [B, Ci, P]
+    (if imun_head) and `imgen_cond` [B, Ci, D] (the diffusion condition, if
+    diffusion_head) at `image_stream`; with `return_hidden`, `hidden`: each stage's
+    output at the call's positions where it is computed, 0 elsewhere.
 
     `chunk=(start, n)` decodes with a KV cache (collection 'cache', apply with
-    mutable=['cache']): `batch` holds the whole sequence (length L), only positions
-    [start, start + n) are computed (outputs have length n) and they see the cached keys
-    of earlier positions. `start` may be traced, `n` is static. Positions after the chunk
-    are ignored, so the caller may leave them as padding.
+    mutable=['cache']; needs `heads`): `batch` holds the whole sequence (length L), only
+    positions [start, start + n) are computed, `heads` index into them, and they see the
+    cached keys of earlier positions. `start` may be traced, `n` is static. Positions
+    after the chunk are ignored, so the caller may leave them as padding.
     """
     c = self.cfg
-    length = batch['segment_ids'].shape[1]
-    k_index = jnp.arange(length, dtype=jnp.int32)[None, :]
-    if chunk is None:
-      cache_start, queries, key_valid = None, batch, None
-    else:
-      cache_start, n = chunk
-      queries = jax.tree.map(lambda x: jax.lax.dynamic_slice_in_dim(x, cache_start, n, axis=1),
-                             batch)
-      key_valid = k_index < cache_start + n           # keys written so far, incl. this chunk
-    q_index = jnp.broadcast_to(jnp.arange(queries['segment_ids'].shape[1], dtype=jnp.int32)
-                               + (0 if cache_start is None else cache_start),
-                               queries['segment_ids'].shape)
+    rules = stage_rules(batch, c, heads, chunk)
+    local = batch if chunk is None else jax.tree.map(
+        lambda x: jax.lax.dynamic_slice_in_dim(x, chunk[0], chunk[1], axis=1), batch)
 
-    def mask(scope, q_end):
-      """The VLM rule for queries of this call against every key of the sequence."""
-      k_scope = scope if key_valid is None else jnp.where(key_valid, scope, 0)
-      q_scope = scope if chunk is None else jax.lax.dynamic_slice_in_dim(scope, cache_start,
-                                                                         q_end.shape[1], axis=1)
-      if chunk is None:  # full rows: kernels take the scope ids (attention.stage_mask)
-        return attention.stage_mask(q_scope, k_scope, q_end, c.attention)
-      return attention.make_mask(q_scope, k_scope, q_end)
+    def run(stack, rule, x, kv=None, valid=None):
+      """`stack` on x [B, Cq, D], the inputs at the rule's queries."""
+      if chunk is None:  # kernels take the scope ids (attention.stage_mask)
+        mask = attention.stage_mask(rule.q_scope, rule.k_scope, rule.q_end, c.attention)
+      else:
+        mask = attention.make_mask(rule.q_scope, rule.k_scope, rule.q_end)
+      positions = local['positions']
+      if rule.queries is not None:
+        positions = rule.queries.gather(positions)
+      return stack(x, positions, mask, kv=kv, cache_slots=rule.cache_slots, valid=valid)
 
-    modality, positions = queries['modality'], queries['positions']
-    is_image = (modality == IMAGE)[..., None]
-    text_x, image_x = self.embed(queries)
+    names = ('batch', 'length', 'act_embed')
+    text, image = rules['text_in'].queries, rules['image_in'].queries
+    text_in = run(self.text_in, rules['text_in'],
+                  constrain(self.embed_text(text.gather(local['tokens'])), names))
+    image_fields = {k: image.gather(local[k])
+                    for k in ('patches', 'is_masked', 'scale', 'copy', 'positions')}
+    image_in = run(self.image_in, rules['image_in'],
+                   constrain(self.embed_image(image_fields), names))
+    # The core's row: each in-stage's output at its positions, 0 at padding.
+    zeros = jnp.zeros(local['segment_ids'].shape + (c.d_model,), c.dtype)
+    x = image.scatter(text.scatter(zeros, text_in), image_in)
+    core = run(self.core, rules['core'], constrain(x, names), valid=local['segment_ids'] > 0)
+    hidden = {'text_in': text.scatter(zeros, text_in), 'image_in': image.scatter(zeros, image_in),
+              'core': core}
 
-    text_scope = jnp.where(batch['modality'] == TEXT, batch['segment_ids'], 0)
-    text_in = self.text_in(text_x, positions, mask(text_scope, q_index), cache_start)
-    image_in = self.image_in(image_x, positions, mask(batch['image_id'], queries['attn_end']),
-                             cache_start)
-    x = jnp.where(is_image, image_in, text_in)
+    def out_stage(name, stack, norm):
+      """The out stack at its head's positions; keys: the core output of the whole call."""
+      at = rules[name].queries
+      h = run(stack, rules[name], at.gather(core), kv=(core, local['positions']))
+      hidden[name] = at.scatter(zeros, h)
+      return norm(h)
 
-    doc_mask = mask(batch['segment_ids'], queries['attn_end'])
-    # Padding is not routed to experts (and takes no expert capacity) when MoE is on.
-    core = self.core(x, positions, doc_mask, cache_start, queries['segment_ids'] > 0)
-
-    # Stage outputs as used: text-in at text positions, image-in at image positions.
-    hidden = {'text_in': jnp.where(modality == TEXT, 1, 0)[..., None] * text_in,
-              'image_in': is_image * image_in, 'core': core}
     out = {}
-    text_h = self.text_out(core, positions, doc_mask, cache_start)
-    hidden['text_out'] = text_h
-    text_h = self.text_norm(text_h)
-    if c.tie_embeddings:
-      logits = jnp.einsum('bld,vd->blv', text_h, self.text_embed.astype(c.dtype))
-    else:
-      logits = self.lm_head(text_h)
-    out['text_logits'] = constrain(logits.astype(jnp.float32), ('batch', 'length', 'vocab'))
-    if c.imun_head:
-      imun_h = self.imun_out(core, positions, doc_mask, cache_start)
-      hidden['imun_out'] = imun_h
-      out['patch_pred'] = self.patch_head(self.imun_norm(imun_h)).astype(jnp.float32)
-    if c.diffusion_head:
-      imgen_h = self.imgen_out(core, positions, doc_mask, cache_start)
-      hidden['imgen_out'] = imgen_h
-      out['imgen_cond'] = self.imgen_norm(imgen_h)
+    if 'text_out' in rules:
+      text_h = out_stage('text_out', self.text_out, self.text_norm)
+      if c.tie_embeddings:
+        logits = jnp.einsum('bld,vd->blv', text_h, self.text_embed.astype(c.dtype))
+      else:
+        logits = self.lm_head(text_h)
+      out['text_logits'] = constrain(logits.astype(jnp.float32), ('batch', 'length', 'vocab'))
+      out['text_stream'] = rules['text_out'].queries
+    if 'imun_out' in rules:
+      out['patch_pred'] = self.patch_head(out_stage('imun_out', self.imun_out,
+                                                    self.imun_norm)).astype(jnp.float32)
+      out['image_stream'] = rules['imun_out'].queries
+    if 'imgen_out' in rules:
+      out['imgen_cond'] = out_stage('imgen_out', self.imgen_out, self.imgen_norm)
+      out['image_stream'] = rules['imgen_out'].queries
       if self.is_initializing():  # create the denoiser's parameters
-        self.denoise(queries['image_targets'], jnp.zeros(modality.shape), out['imgen_cond'])
+        self.denoise(out['image_stream'].gather(local['image_targets']),
+                     jnp.zeros(out['image_stream'].index.shape), out['imgen_cond'])
     if return_hidden:
       out['hidden'] = hidden
     return out

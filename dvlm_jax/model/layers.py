@@ -19,6 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dvlm_jax.data import layout
+
 Dtype = Any
 
 
@@ -61,6 +63,9 @@ class ModelConfig:
   moe_capacity_factor: float = 1.25
   moe_group_size: int = 512
   moe_mlp_dim: int = 0
+  # Per-row slots of the text-in, image-in, text-out and image-out streams of a training
+  # call (`layout.Capacities`); 0 = the call's row length.
+  capacities: tuple[int, int, int, int] = (0, 0, 0, 0)
 
   @classmethod
   def from_config(cls, config) -> 'ModelConfig':
@@ -82,7 +87,8 @@ class ModelConfig:
         # .get: a run directory written before MoE existed has no moe_* keys (dense).
         moe_experts=m.get('moe_experts', 0), moe_top_k=m.get('moe_top_k', 2),
         moe_capacity_factor=m.get('moe_capacity_factor', 1.25),
-        moe_group_size=m.get('moe_group_size', 512), moe_mlp_dim=m.get('moe_mlp_dim', 0))
+        moe_group_size=m.get('moe_group_size', 512), moe_mlp_dim=m.get('moe_mlp_dim', 0),
+        capacities=tuple(layout.LayoutConfig.from_config(config).capacities()))
 
 
 def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
@@ -176,33 +182,37 @@ def apply_rope(x: jax.Array, positions: jax.Array, theta: float, axes: str = 'tt
 # ------------------------------------------------------------------------------ blocks
 
 class Attention(nn.Module):
-  """Self-attention under a given mask; with `cache_start`, a chunk against a KV cache.
+  """Attention under a given mask; keys from `kv` or from the queries; with `cache_slots`,
+  against a KV cache.
 
-  Decoding: `x` holds the queries of positions [cache_start, cache_start + n); their keys
-  and values are written into this layer's cache (collection 'cache', full sequence
-  length = mask.shape[-1]) and the queries attend over the whole cache. The mask hides
-  positions not written yet, so a chunk is anything from one text token to a whole image.
+  `kv=(x_kv, positions_kv)`: keys and values come from these rows (an out stack's core
+  output) instead of from `x` (self-attention). Decoding: the keys and values computed
+  here are written into this layer's cache (collection 'cache', one row per key of the
+  mask) at `cache_slots` [B, n] (out-of-range slots are not written) and the queries
+  attend over the whole cache; the mask hides keys not written yet, so a chunk is
+  anything from one text token to a whole image.
   """
   cfg: ModelConfig
 
   @nn.compact
-  def __call__(self, x, positions, mask, cache_start=None):
+  def __call__(self, x, positions, mask, kv=None, cache_slots=None):
     from dvlm_jax.model import attention as attn_lib
     c = self.cfg
     kw = dict(dtype=c.dtype, param_dtype=c.param_dtype, std=c.init_std)
+    x_kv, positions_kv = (x, positions) if kv is None else kv
     q = Dense((c.n_heads, c.head_dim), ('embed', 'heads', 'head_dim'), name='q', **kw)(x)
-    k = Dense((c.n_kv_heads, c.head_dim), ('embed', 'kv_heads', 'head_dim'), name='k', **kw)(x)
-    v = Dense((c.n_kv_heads, c.head_dim), ('embed', 'kv_heads', 'head_dim'), name='v', **kw)(x)
+    k = Dense((c.n_kv_heads, c.head_dim), ('embed', 'kv_heads', 'head_dim'), name='k', **kw)(x_kv)
+    v = Dense((c.n_kv_heads, c.head_dim), ('embed', 'kv_heads', 'head_dim'), name='v', **kw)(x_kv)
     q = constrain(apply_rope(q, positions, c.rope_theta, c.rope_axes),
                   ('batch', 'length', 'act_heads', None))
-    k = apply_rope(k, positions, c.rope_theta, c.rope_axes)
-    if cache_start is not None:
-      shape = (x.shape[0], mask.shape[-1], c.n_kv_heads, c.head_dim)
+    k = apply_rope(k, positions_kv, c.rope_theta, c.rope_axes)
+    if cache_slots is not None:
+      shape = (x.shape[0], attn_lib.key_length(mask), c.n_kv_heads, c.head_dim)
       cached_k = self.variable('cache', 'cached_key', jnp.zeros, shape, k.dtype)
       cached_v = self.variable('cache', 'cached_value', jnp.zeros, shape, v.dtype)
-      at = (0, cache_start, 0, 0)
-      cached_k.value = jax.lax.dynamic_update_slice(cached_k.value, k, at)
-      cached_v.value = jax.lax.dynamic_update_slice(cached_v.value, v, at)
+      write = jax.vmap(lambda cache, at, new: cache.at[at].set(new, mode='drop'))
+      cached_k.value = write(cached_k.value, cache_slots, k)
+      cached_v.value = write(cached_v.value, cache_slots, v)
       k, v = cached_k.value, cached_v.value
     out = attn_lib.attend(q, k, v, mask, implementation=c.attention)
     out = constrain(out, ('batch', 'length', 'act_heads', None))
@@ -319,17 +329,20 @@ class MoEMLP(nn.Module):
 class Block(nn.Module):
   """Pre-norm transformer block: attention (under the given mask) + MLP (MoE if `moe`).
 
-  `valid` ([B, L] bool, False at padding) keeps padding out of expert routing.
+  `kv`: (x, positions) the keys and values come from, normed like the queries (out
+  stacks: the core output); None = self-attention. `valid` ([B, L] bool, False at
+  padding) keeps padding out of expert routing.
   """
   cfg: ModelConfig
   moe: bool = False
 
   @nn.compact
-  def __call__(self, x, positions, mask, cache_start=None, valid=None):
+  def __call__(self, x, positions, mask, kv=None, cache_slots=None, valid=None):
     c = self.cfg
     norm = dict(eps=c.norm_eps, dtype=c.dtype, param_dtype=c.param_dtype)
-    x = x + Attention(c, name='attn')(RMSNorm(name='attn_norm', **norm)(x), positions, mask,
-                                      cache_start)
+    attn_norm = RMSNorm(name='attn_norm', **norm)
+    kv = None if kv is None else (attn_norm(kv[0]), kv[1])
+    x = x + Attention(c, name='attn')(attn_norm(x), positions, mask, kv, cache_slots)
     h = RMSNorm(name='mlp_norm', **norm)(x)
     x = x + (MoEMLP(c, name='moe')(h, valid) if self.moe else MLP(c, name='mlp')(h))
     return constrain(x, ('batch', 'length', 'act_embed'))
@@ -338,8 +351,8 @@ class Block(nn.Module):
 class ScannedBlock(Block):
   """Block with the (carry, out) signature nn.scan needs."""
 
-  def __call__(self, x, positions, mask, cache_start=None, valid=None):  # pytype: disable=signature-mismatch
-    return super().__call__(x, positions, mask, cache_start, valid), None
+  def __call__(self, x, positions, mask, kv=None, cache_slots=None, valid=None):  # pytype: disable=signature-mismatch
+    return super().__call__(x, positions, mask, kv, cache_slots, valid), None
 
 
 _REMAT_POLICIES = {
@@ -351,14 +364,16 @@ _REMAT_POLICIES = {
 class Stack(nn.Module):
   """`num_layers` blocks with one attention mask; scanned (one compile) when configured.
 
-  `moe`: the blocks use MoEMLP (the core, when model.moe_experts > 0).
+  `moe`: the blocks use MoEMLP (the core, when model.moe_experts > 0). `kv` is given to
+  every layer as is (out stacks: each layer's keys are the core output, see
+  docs/architecture.md), `cache_slots` too (decoding).
   """
   cfg: ModelConfig
   num_layers: int
   moe: bool = False
 
   @nn.compact
-  def __call__(self, x, positions, mask, cache_start=None, valid=None):
+  def __call__(self, x, positions, mask, kv=None, cache_slots=None, valid=None):
     c = self.cfg
     if self.num_layers == 0:
       return x
@@ -369,10 +384,10 @@ class Stack(nn.Module):
       # 'intermediates' is stacked per layer so MoE statistics sown in a block survive.
       scanned = nn.scan(block, variable_axes={'params': 0, 'cache': 0, 'intermediates': 0},
                         split_rngs={'params': True},
-                        in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
+                        in_axes=(nn.broadcast,) * 5,
                         length=self.num_layers, metadata_params={nn.PARTITION_NAME: 'layers'})
-      x, _ = scanned(c, self.moe, name='layers')(x, positions, mask, cache_start, valid)
+      x, _ = scanned(c, self.moe, name='layers')(x, positions, mask, kv, cache_slots, valid)
       return x
     for i in range(self.num_layers):
-      x = block(c, self.moe, name=f'layer_{i}')(x, positions, mask, cache_start, valid)
+      x = block(c, self.moe, name=f'layer_{i}')(x, positions, mask, kv, cache_slots, valid)
     return x

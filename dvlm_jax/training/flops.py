@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from dvlm_jax.data import layout
+
 TEXT, IMAGE = 1, 2
 TRAIN_FACTOR = 3
 
@@ -134,19 +136,31 @@ def stage_flops(config, batch) -> dict[str, float]:
                     float(np.count_nonzero(text_loss)), float(np.count_nonzero(image_loss)))
 
 
-def implemented_stage_flops(config, rows: int, length: int,
-                            attention_pairs: dict[str, float] | None = None) -> dict[str, float]:
-  """Forward FLOPs per stage of what the model computes today for [rows, length]: every
-  stage and head over every position of the row, attention over all L x L pairs (dense
-  XLA), or over `attention_pairs[stage]` (e.g. the tiles a block-sparse kernel visits).
-  `useful / implemented` is the share of the work not thrown away (flops_audit.py)."""
-  n = float(rows * length)
-  dense = float(rows) * length * length
+def implemented_stage_flops(config, rows: int, attention_pairs: dict[str, float] | None = None,
+                            capacities: layout.Capacities | None = None) -> dict[str, float]:
+  """Forward FLOPs per stage of what the model computes for `rows` rows of data.seq_len:
+  each stage over its stream's slots (`layout.Capacities`: text-in over `text_tokens`,
+  image-in and the patch embedding over `image_tokens`, text-out and the LM head over
+  `text_targets`, the image out stacks and heads over `image_targets`), the core over
+  the whole row, every out stack's keys over the whole row; attention over every (query
+  slot, key slot) pair (dense XLA) or over `attention_pairs[stage]` (e.g. the tiles a
+  block-sparse kernel visits). `useful / implemented` is the share of the work not
+  thrown away (benchmarks/flops_audit.py). `capacities`: other stream sizes than the
+  config's (all `seq_len`: every stage over the whole row, as before compaction)."""
+  length = config.data.seq_len
+  caps = capacities or layout.LayoutConfig.from_config(config).capacities()
+  # stage -> (query slots, key slots) per row
+  shapes = {'text_in': (caps.text_tokens,) * 2, 'image_in': (caps.image_tokens,) * 2,
+            'core': (length, length), 'text_out': (caps.text_targets, length),
+            'imun_out': (caps.image_targets, length), 'imgen_out': (caps.image_targets, length)}
 
   def stack(stage, layers):
-    pairs = (attention_pairs or {}).get(stage, dense)
-    return layers * _block_flops(config.model, n, n, pairs, _moe(config, stage))
-  return _per_stage(config, stack, n, n, n)
+    queries, keys = shapes[stage]
+    pairs = (attention_pairs or {}).get(stage, float(rows) * queries * keys)
+    return layers * _block_flops(config.model, float(rows * queries), float(rows * keys), pairs,
+                                 _moe(config, stage))
+  return _per_stage(config, stack, float(rows * caps.image_tokens),
+                    float(rows * caps.text_targets), float(rows * caps.image_targets))
 
 
 def train_step_flops(config, batch) -> float:

@@ -12,7 +12,9 @@ a scale weighs by its token count (the finest dominates: 64 of 84 targets with s
 coarse scales that carry the layout weigh as much as the fine ones.
 
 Image parts are also reported per scale (`imun/scale_k`, `imgen/scale_k`). The imun
-target may be per-patch normalised (MAE); the diffusion target is raw pixels. With MoE,
+target may be per-patch normalised (MAE); the diffusion target is raw pixels. The heads
+run only at their own positions (the model's `text_stream` / `image_stream`), so the
+targets, weights and scales are read there too. With MoE,
 `moe_aux` and `moe_dropped` (share of routed choices over capacity) are logged too.
 """
 
@@ -61,13 +63,12 @@ def normalize_patches(x: jax.Array, eps: float = 1e-6) -> jax.Array:
   return (x - mean) * jax.lax.rsqrt(var + eps)
 
 
-def _image_part(name, per_position, batch, cfg, metrics):
+def _image_part(name, per_position, weights, scale, cfg, metrics):
   """Logs the loss over all targets and per scale; returns the one `scale_weighting` asks."""
-  weights = batch['image_weights']
   metrics[name] = weighted_mean(per_position, weights)
   per_scale, present = [], []
   for k in range(1, cfg.num_scales + 1):
-    in_scale = weights * (batch['scale'] == k)
+    in_scale = weights * (scale == k)
     metrics[f'{name}/scale_{k}'] = weighted_mean(per_position, in_scale)
     per_scale.append(metrics[f'{name}/scale_{k}'])
     present.append((jnp.sum(in_scale) > 0).astype(jnp.float32))
@@ -76,6 +77,15 @@ def _image_part(name, per_position, batch, cfg, metrics):
   # Scales with no target in this batch (e.g. no masked patch) do not dilute the others.
   present = jnp.stack(present)
   return jnp.sum(jnp.stack(per_scale) * present) / jnp.maximum(jnp.sum(present), 1.0)
+
+
+def text_nll(out, batch):
+  """(per-slot next-token NLL, targets, weights) at the text head's positions."""
+  at = out['text_stream']
+  targets = at.gather(batch['text_targets'], fill=0)
+  logp = jax.nn.log_softmax(out['text_logits'].astype(jnp.float32), axis=-1)
+  nll = -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
+  return nll, targets, at.gather(batch['text_weights'], fill=0.0)
 
 
 def sown_mean(intermediates, name: str) -> jax.Array:
@@ -97,26 +107,28 @@ def compute_loss(model: DreamVLM, params, batch, rng: jax.Array, cfg: LossConfig
   else:   # the dense path stays exactly as it was
     out = model.apply({'params': params}, batch)
 
-  logits = out['text_logits']
-  logp = jax.nn.log_softmax(logits, axis=-1)
-  nll = -jnp.take_along_axis(logp, batch['text_targets'][..., None], axis=-1)[..., 0]
-  text = weighted_mean(nll, batch['text_weights'])
+  nll, text_targets, text_weights = text_nll(out, batch)
+  text = weighted_mean(nll, text_weights)
   metrics['text'] = text
   metrics['text_accuracy'] = weighted_mean(
-      (jnp.argmax(logits, axis=-1) == batch['text_targets']).astype(jnp.float32),
-      batch['text_weights'])
+      (jnp.argmax(out['text_logits'], axis=-1) == text_targets).astype(jnp.float32), text_weights)
   total = cfg.text_weight * text
 
-  targets = batch['image_targets'].astype(jnp.float32)
+  if 'image_stream' in out:
+    at = out['image_stream']
+    targets = at.gather(batch['image_targets']).astype(jnp.float32)
+    weights, scale = at.gather(batch['image_weights'], fill=0.0), at.gather(batch['scale'], fill=0)
   if 'patch_pred' in out:
     imun_target = normalize_patches(targets) if cfg.imun_norm_pix else targets
     per_position = jnp.mean(jnp.square(out['patch_pred'] - imun_target), axis=-1)
-    total = total + cfg.imun_weight * _image_part('imun', per_position, batch, cfg, metrics)
+    total = total + cfg.imun_weight * _image_part('imun', per_position, weights, scale, cfg,
+                                                  metrics)
   if 'imgen_cond' in out:
     cond = out['imgen_cond']
     denoise = lambda x_t, t: model.apply({'params': params}, x_t, t, cond, method=DreamVLM.denoise)
     per_position = cfg.objective.loss(denoise, targets, rng)
-    total = total + cfg.imgen_weight * _image_part('imgen', per_position, batch, cfg, metrics)
+    total = total + cfg.imgen_weight * _image_part('imgen', per_position, weights, scale, cfg,
+                                                   metrics)
 
   if cfg.moe:
     total = total + cfg.moe_aux_weight * metrics['moe_aux']

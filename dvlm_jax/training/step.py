@@ -12,6 +12,7 @@ import optax
 
 from dvlm_jax import sharding
 from dvlm_jax.training import losses
+from dvlm_jax.training import optimizer as optim_lib
 
 
 @flax.struct.dataclass
@@ -120,14 +121,41 @@ def make_train_step(model, optimizer: optax.GradientTransformation, loss_cfg: lo
   return train_step
 
 
-def jit_train_step(train_step, state_shardings, mesh, axis_rules):
-  """Jits the step with explicit shardings; the old state is donated."""
-  data = sharding.batch_sharding(mesh, axis_rules)
-  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  jitted = jax.jit(train_step, in_shardings=(state_shardings, data, replicated),
-                   out_shardings=(state_shardings, replicated), donate_argnums=(0,))
+class JittedStep:
+  """The jitted train step with explicit shardings (the old state is donated), run and
+  lowered under its mesh and logical rules: `step(state, batch, rng)` trains,
+  `step.lower(state, batch, rng).compile()` compiles from arrays or jax.ShapeDtypeStructs
+  without running (dvlm_jax/compile.py: memory and FLOPs ahead of time)."""
 
-  def run(state, batch, rng):
-    with jax.set_mesh(mesh), nn.logical_axis_rules(axis_rules):
-      return jitted(state, batch, rng)
-  return run
+  def __init__(self, train_step, state_shardings, mesh, axis_rules):
+    data = sharding.batch_sharding(mesh, axis_rules)
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    self.jitted = jax.jit(train_step, in_shardings=(state_shardings, data, replicated),
+                          out_shardings=(state_shardings, replicated), donate_argnums=(0,))
+    self.mesh, self.axis_rules = mesh, axis_rules
+
+  def __call__(self, state, batch, rng):
+    with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.axis_rules):
+      return self.jitted(state, batch, rng)
+
+  def lower(self, state, batch, rng):
+    with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.axis_rules):
+      return self.jitted.lower(state, batch, rng)
+
+
+def jit_train_step(train_step, state_shardings, mesh, axis_rules) -> JittedStep:
+  """Jits the step with explicit shardings; the old state is donated."""
+  return JittedStep(train_step, state_shardings, mesh, axis_rules)
+
+
+def configured_train_step(config, model, optimizer, state_shardings, mesh,
+                          axis_rules) -> JittedStep:
+  """The train step as `config` defines it (loss, schedule, accumulation, EMA, fault
+  injection), jitted: what the train command runs and the compile command compiles."""
+  return jit_train_step(
+      make_train_step(model, optimizer, losses.LossConfig.from_config(config),
+                      optim_lib.learning_rate_schedule(config),
+                      accum_steps=config.train.grad_accum_steps,
+                      ema_decay=config.optim.ema_decay,
+                      nan_at_steps=tuple(config.debug.nan_at_steps)),
+      state_shardings, mesh, axis_rules)

@@ -64,7 +64,7 @@ MIB = 1 << 20
 
 def parse_args(argv=None):
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument('--lengths', default='2048,4096,8192,16384')
+  p.add_argument('--lengths', default=None, help='default 2048,4096,8192,16384 (smoke: 256,512)')
   p.add_argument('--tokens', type=int, default=16384, help='tokens per call (rows = tokens // length)')
   p.add_argument('--heads', type=int, default=16)
   p.add_argument('--kv_heads', type=int, default=8)
@@ -90,10 +90,12 @@ def parse_args(argv=None):
   p.add_argument('--smoke', action='store_true',
                  help='CPU check: lengths 256,512, 4 heads (2 kv) of 64, tiny.py images, 2 iters')
   args = p.parse_args(argv)
+  lengths = args.lengths
   if args.smoke:
     args.lengths, args.tokens, args.heads, args.kv_heads, args.head_dim = '256,512', 512, 4, 2, 64
     args.layout = os.path.join(ROOT, 'experiments', 'tiny.py')
     args.warmup, args.iters = 1, 2
+  args.lengths = lengths or args.lengths or '2048,4096,8192,16384'
   return args
 
 

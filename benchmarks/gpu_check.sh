@@ -23,12 +23,15 @@ budget=${GPU_CHECK_BUDGET_S:-540}
 smoke=${GPU_CHECK_SMOKE:-0}
 py=${PYTHON:-python3}
 if ((smoke)); then
-  smoke_args=(--smoke)
+  train_smoke=(--smoke)
+  # one short length, and the float32 checks only once (in the attention part)
+  attention_smoke=(--smoke --lengths 256)
+  scope_smoke=(--smoke --lengths 256 --no-check)
   train_variants=("auto dots")
   scopes=(text)
   tile_settings=(64,64,64,64,4,3)
 else
-  smoke_args=()
+  train_smoke=() attention_smoke=() scope_smoke=()
   # auto = pallas_gpu on GPUs; tokamax last: it did not build under jax 0.11.2 (docs/performance.md)
   train_variants=("auto dots" "auto full" "xla dots" "auto none" "tokamax dots")
   scopes=(text image)
@@ -73,7 +76,7 @@ if want env; then
 fi
 
 if want attention; then
-  step attention 300 "$py" benchmarks/attention.py ${smoke_args[@]+"${smoke_args[@]}"} \
+  step attention 300 "$py" benchmarks/attention.py ${attention_smoke[@]+"${attention_smoke[@]}"} \
     --json "$out/attention.jsonl"
 fi
 
@@ -82,14 +85,14 @@ if want train; then
     set -- $variant
     step "train_step $1 $2" 150 "$py" benchmarks/train_step.py --config experiments/b1.py \
       --batch_size 4 --dtype bfloat16 --attention "$1" --remat "$2" --steps 5 --warmup 2 \
-      ${smoke_args[@]+"${smoke_args[@]}"} --json "$out/train_step.jsonl"
+      ${train_smoke[@]+"${train_smoke[@]}"} --json "$out/train_step.jsonl"
   done
 fi
 
 if want scopes; then
   for scope in "${scopes[@]}"; do
     step "attention scope $scope" 120 "$py" benchmarks/attention.py --scope "$scope" \
-      --lengths 4096,16384 --check_max_len 4096 ${smoke_args[@]+"${smoke_args[@]}"} \
+      --lengths 4096,16384 --check_max_len 4096 ${scope_smoke[@]+"${scope_smoke[@]}"} \
       --json "$out/attention.jsonl"
   done
 fi
@@ -97,7 +100,7 @@ fi
 if want tune; then
   for tiles in "${tile_settings[@]}"; do
     step "range tiles $tiles" 90 "$py" benchmarks/attention.py --impls range,cudnn \
-      --lengths 4096,16384 --no-check --range_blocks "$tiles" ${smoke_args[@]+"${smoke_args[@]}"} \
+      --lengths 4096,16384 --no-check --range_blocks "$tiles" ${scope_smoke[@]+"${scope_smoke[@]}"} \
       --json "$out/attention.jsonl"
   done
 fi

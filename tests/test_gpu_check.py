@@ -23,6 +23,12 @@ def test_gpu_check_runs_every_part_in_smoke_mode(tmp_path):
                                          'attention scope text', 'range tiles 64,64,64,64,4,3']
   assert all(rc == '0' for _, rc in steps), steps
   assert 'jax' in log and '--- done in' in log
+  timed = {}
   for name in ('attention.jsonl', 'train_step.jsonl'):
     records = [json.loads(line) for line in (tmp_path / name).read_text().splitlines()]
-    assert records and all(r['smoke'] for r in records), name
+    timed[name] = [r for r in records if 'check' not in r]
+    assert timed[name] and all(r['smoke'] for r in timed[name]), name
+    # Each implementation against float32 XLA, values and gradients, once.
+    checks = {r['check'] for r in records if 'check' in r and r['finite']}
+    assert checks == ({'range', 'tokamax', 'xla'} if name == 'attention.jsonl' else set()), checks
+  assert {r['scope'] for r in timed['attention.jsonl']} == {'document', 'text'}

@@ -170,6 +170,14 @@ def reference_loss(model, params, batch, rng, cfg, ref, image_stream):
   """compute_loss's total over the reference's per-position outputs; the diffusion
   noise is drawn per slot of `image_stream`, as the loss draws it."""
   w_text, w_image = batch['text_weights'], batch['image_weights']
+
+  def image_mean(values, weights, scale):
+    if cfg.scale_weighting == 'token':
+      return losses.weighted_mean(values, weights)
+    in_scale = [weights * (scale == k) for k in range(1, cfg.num_scales + 1)]
+    present = [(jnp.sum(w) > 0).astype(jnp.float32) for w in in_scale]
+    return sum(losses.weighted_mean(values, w) * p for w, p in zip(in_scale, present)) / sum(present)
+
   logp = jax.nn.log_softmax(ref['text_logits'], axis=-1)
   nll = -jnp.take_along_axis(logp, batch['text_targets'][..., None], axis=-1)[..., 0]
   total = cfg.text_weight * losses.weighted_mean(nll, w_text)
@@ -177,13 +185,14 @@ def reference_loss(model, params, batch, rng, cfg, ref, image_stream):
   if 'patch_pred' in ref:
     target = losses.normalize_patches(targets) if cfg.imun_norm_pix else targets
     err = jnp.mean(jnp.square(ref['patch_pred'] - target), axis=-1)
-    total = total + cfg.imun_weight * losses.weighted_mean(err, w_image)
+    total = total + cfg.imun_weight * image_mean(err, w_image, batch['scale'])
   if 'imgen_cond' in ref:
     at = image_stream
     cond = at.gather(ref['imgen_cond'])
     denoise = lambda x_t, t: model.apply({'params': params}, x_t, t, cond, method=DreamVLM.denoise)
     per_slot = cfg.objective.loss(denoise, at.gather(targets), rng)
-    total = total + cfg.imgen_weight * losses.weighted_mean(per_slot, at.gather(w_image, fill=0.0))
+    total = total + cfg.imgen_weight * image_mean(per_slot, at.gather(w_image, fill=0.0),
+                                                  at.gather(batch['scale'], fill=0))
   return total
 
 

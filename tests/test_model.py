@@ -12,7 +12,7 @@ from dvlm_jax import config as cfg_lib
 from dvlm_jax.data import layout
 from dvlm_jax.training import losses, optimizer as optim_lib, step as step_lib
 from dvlm_jax import sharding
-from dvlm_jax.model import attention, layers
+from dvlm_jax.model import attention, layers, streams
 from dvlm_jax.model.dvlm import DreamVLM
 from tests.conftest import build, image_batch, tiny_config
 
@@ -166,34 +166,25 @@ def full_row_reference(model, params, batch):
   return out
 
 
-def reference_loss(model, params, batch, rng, cfg, ref, image_stream):
-  """compute_loss's total over the reference's per-position outputs; the diffusion
-  noise is drawn per slot of `image_stream`, as the loss draws it."""
+def reference_losses(model, params, batch, rng, cfg, ref):
+  """compute_loss's parts over the reference's per-position outputs; the diffusion noise
+  is drawn per image-target slot (the rows' loss positions in order), as the loss draws it."""
   w_text, w_image = batch['text_weights'], batch['image_weights']
-
-  def image_mean(values, weights, scale):
-    if cfg.scale_weighting == 'token':
-      return losses.weighted_mean(values, weights)
-    in_scale = [weights * (scale == k) for k in range(1, cfg.num_scales + 1)]
-    present = [(jnp.sum(w) > 0).astype(jnp.float32) for w in in_scale]
-    return sum(losses.weighted_mean(values, w) * p for w, p in zip(in_scale, present)) / sum(present)
-
   logp = jax.nn.log_softmax(ref['text_logits'], axis=-1)
   nll = -jnp.take_along_axis(logp, batch['text_targets'][..., None], axis=-1)[..., 0]
-  total = cfg.text_weight * losses.weighted_mean(nll, w_text)
+  out = {'text': losses.weighted_mean(nll, w_text)}
   targets = batch['image_targets']
   if 'patch_pred' in ref:
     target = losses.normalize_patches(targets) if cfg.imun_norm_pix else targets
     err = jnp.mean(jnp.square(ref['patch_pred'] - target), axis=-1)
-    total = total + cfg.imun_weight * image_mean(err, w_image, batch['scale'])
+    out['imun'] = losses.weighted_mean(err, w_image)
   if 'imgen_cond' in ref:
-    at = image_stream
-    cond = at.gather(ref['imgen_cond'])
+    slots = streams.Stream.select(jnp.asarray(w_image > 0), model.cfg.capacities[3])
+    cond = slots.gather(ref['imgen_cond'])
     denoise = lambda x_t, t: model.apply({'params': params}, x_t, t, cond, method=DreamVLM.denoise)
-    per_slot = cfg.objective.loss(denoise, at.gather(targets), rng)
-    total = total + cfg.imgen_weight * image_mean(per_slot, at.gather(w_image, fill=0.0),
-                                                  at.gather(batch['scale'], fill=0))
-  return total
+    per_slot = cfg.objective.loss(denoise, slots.gather(targets), rng)
+    out['imgen'] = losses.weighted_mean(per_slot, slots.gather(w_image, fill=0.0))
+  return out
 
 
 def tight_capacities(config, batch):
@@ -233,26 +224,28 @@ def test_variant_builds_with_finite_loss_and_grads(variant):
   def run(params):
     value_and_grad = jax.value_and_grad(
         lambda p: losses.compute_loss(model, p, batch, rng, loss_cfg), has_aux=True)
-    ref, out = full_row_reference(model, params, batch), model.apply({'params': params}, batch)
-    return (value_and_grad(params), out, ref,
-            reference_loss(model, params, batch, rng, loss_cfg, ref, out.get('image_stream')))
-  ((loss, metrics), grads), out, ref, ref_loss = run(params)
+    ref = full_row_reference(model, params, batch)
+    # The heads' outputs slot by slot for one variant (every one: the loss parts below).
+    out = model.apply({'params': params}, batch) if variant is None else None
+    return value_and_grad(params), out, ref, reference_losses(model, params, batch, rng,
+                                                              loss_cfg, ref)
+  ((loss, metrics), grads), out, ref, ref_losses = run(params)
   assert np.isfinite(float(loss))
   # Each stage on its own positions computes what the full row computed there.
+  for name, value in ref_losses.items():
+    np.testing.assert_allclose(float(metrics[name]), float(value), rtol=1e-5, err_msg=name)
+  assert set(ref_losses) == {k for k in ('text', 'imun', 'imgen') if k in metrics}
   for name, stream in (('text_logits', 'text_stream'), ('patch_pred', 'image_stream'),
                        ('imgen_cond', 'image_stream')):
-    assert (name in out) == (name in ref), name
-    if name in out:
-      at = out[stream]
-      want = np.flatnonzero(batch['text_weights' if stream == 'text_stream' else 'image_weights'])
-      rows, index = np.nonzero(np.asarray(at.valid))
-      assert len(rows) == len(want)          # every loss position has a slot
-      got, full = np.asarray(out[name]), np.asarray(ref[name])
-      np.testing.assert_allclose(got[rows, index], full[rows, np.asarray(at.index)[rows, index]],
-                                 atol=2e-5, err_msg=name)
-  np.testing.assert_allclose(float(loss - (config.loss.moe_aux_weight * metrics['moe_aux']
-                                           if variant == 'moe' else 0.0)),
-                             float(ref_loss), rtol=1e-5)
+    if out is None:
+      break
+    at = out[stream]
+    want = np.flatnonzero(batch['text_weights' if stream == 'text_stream' else 'image_weights'])
+    rows, index = np.nonzero(np.asarray(at.valid))
+    assert len(rows) == len(want)          # every loss position has a slot
+    got, full = np.asarray(out[name]), np.asarray(ref[name])
+    np.testing.assert_allclose(got[rows, index], full[rows, np.asarray(at.index)[rows, index]],
+                               atol=2e-5, err_msg=name)
   for name, value in metrics.items():
     assert np.isfinite(float(value)), name
   leaves = jax.tree_util.tree_leaves_with_path(grads)

@@ -17,9 +17,9 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed
 
-# Real data: builds the default mixture of data.mixture (shapes + twemoji) into
-# DATA_DIR the first time (about 30 s on 2 cores; an existing build is left alone),
-# then trains on it through the Grain pipeline.
+# Real data: builds shapes and twemoji (the default data.mixture; small.py reads shapes
+# only) into DATA_DIR the first time (about 30 s on 2 cores; an existing build is left
+# alone), then trains on it through the Grain pipeline.
 DATA_DIR ?= data
 
 train: venv

@@ -29,9 +29,6 @@ from dvlm_jax.model import attention, streams
 from dvlm_jax.model.diffusion import DiffusionHead
 from dvlm_jax.model.layers import Dense, ModelConfig, RMSNorm, Stack, constrain
 
-TEXT, IMAGE = 1, 2
-
-
 CELL_FREQUENCIES = 8   # octaves of the cell-position features: up to 2^7 cells a side
 
 
@@ -65,10 +62,11 @@ def stage_rules(batch, cfg: ModelConfig, heads=None, chunk=None) -> dict[str, st
     caps = layout.Capacities(*(length,) * 4)
   modality, seg, end = batch['modality'], batch['segment_ids'], batch['attn_end']
   own = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), seg.shape)
-  is_text = modality == TEXT
+  is_text = modality == layout.MODALITY_TEXT
   rules = {'text_in': streams.in_stage_rule(is_text, caps.text_tokens,
                                             jnp.where(is_text, seg, 0), own, chunk),
-           'image_in': streams.in_stage_rule(modality == IMAGE, caps.image_tokens,
+           'image_in': streams.in_stage_rule(modality == layout.MODALITY_IMAGE,
+                                             caps.image_tokens,
                                              batch['image_id'], end, chunk),
            'core': streams.row_rule(None, seg, end, chunk)}
   rows = seg.shape[0]

@@ -161,11 +161,12 @@ def defaults() -> ConfigDict:
   c.eval = e = ConfigDict()
   e.every = 0                   # evaluate every N training steps (0 = off)
   e.at_end = True               # and at the last training step
-  e.evaluators = ('text_perplexity', 'masked_patch_psnr', 'shapes', 'inpainting')
+  e.evaluators = ('text_perplexity', 'masked_patch_psnr', 'shapes', 'glyphs', 'inpainting')
   e.num_examples = 16           # held-out examples per evaluator (and per probe)
   e.batch_size = 16             # examples per inference call
   e.max_new_tokens = 160        # caption decode length (a 2-shape caption is ~120 bytes)
   e.cfg_scale = 3.0             # classifier-free guidance of generation and inpainting
+  e.temperature = 1.0           # starting-noise scale of image sampling (generation, inpainting)
   e.sample_steps = 8            # diffusion steps per scale (0 = diffusion.sample_steps)
   e.mask_ratio = 0.5            # masked share of patches for the reconstruction PSNR
   e.seed = 0                    # masks, noise and the built-in held-out scenes
@@ -455,6 +456,7 @@ def _validate_eval(e: ConfigDict) -> None:
     _check(isinstance(e[key], int) and e[key] >= 1, f'eval.{key}', f'must be an int >= 1, got {e[key]!r}')
   _check(e.sample_steps >= 0, 'eval.sample_steps', 'must be >= 0 (0 = diffusion.sample_steps)')
   _check(e.cfg_scale >= 0, 'eval.cfg_scale', 'must be >= 0')
+  _check(e.temperature >= 0, 'eval.temperature', 'must be >= 0')
   _check(0.0 < e.mask_ratio < 1.0, 'eval.mask_ratio', f'must lie in (0, 1), got {e.mask_ratio}')
   _check(e.split in ('validation', 'test'), 'eval.split', f'validation | test, got {e.split!r}')
 

@@ -135,6 +135,7 @@ def test_eval_config_is_validated():
   assert set(evaluation.EVALUATORS) == set(runner.EVALUATOR_CLASSES)
   for key, value, message in (('evaluators', "'shapes','bleu'", "unknown ['bleu']"),
                               ('num_examples', '0', 'int >= 1'),
+                              ('temperature', '-1', 'must be >= 0'),
                               ('split', 'train', 'validation | test')):
     with pytest.raises(cfg_lib.ConfigError, match=f"eval.{key}'.*{re.escape(message)}"):
       cfg_lib.load(TINY, [f'eval.{key}={value}'])

@@ -11,6 +11,7 @@ This module stays free of jax imports: config validation reads the names below.
 EVALUATORS = {
     'text_perplexity': 'LM loss and perplexity of held-out captions (plain forward pass)',
     'masked_patch_psnr': 'imun reconstruction PSNR and MSE of masked patches, per scale',
-    'shapes': 'caption and generation accuracy per attribute, the glyphs probe',
+    'shapes': 'caption and generation accuracy per attribute on shapes scenes',
+    'glyphs': 'letter and small-shape accuracy of captions of glyph pictures',
     'inpainting': 'MSE/PSNR inside an inpainted region, unchanged pixels outside',
 }

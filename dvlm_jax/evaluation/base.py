@@ -29,6 +29,7 @@ class Evaluator:
     self.batch_size = int(e.batch_size)
     self.seed = int(e.seed)
     self.cfg_scale = float(e.cfg_scale)
+    self.temperature = float(e.temperature)
     self.steps = int(e.sample_steps) or None     # 0: the config's diffusion.sample_steps
     self.chance: dict[str, float] = {}
     self.grids: dict[str, Grid] = {}

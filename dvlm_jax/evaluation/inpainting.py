@@ -60,7 +60,8 @@ class InpaintingError(Evaluator):
     for index, start in enumerate(range(0, self.n, self.batch_size)):
       chunk = slice(start, start + self.batch_size)
       outputs += vlm.inpaint(images[chunk], masks[chunk], prompts=prompts[chunk],
-                             cfg_scale=self.cfg_scale, steps=self.steps, seed=self.seed + index)
+                             cfg_scale=self.cfg_scale, steps=self.steps,
+                             temperature=self.temperature, seed=self.seed + index)
     mses, baseline, recovered, changed = [], [], [], 0
     grid = Grid(('original', 'masked', 'inpainted'))
     for i, (scene, image, mask, out) in enumerate(zip(scenes, images, masks, outputs)):

@@ -32,7 +32,7 @@ import jax
 from dvlm_jax.evaluation import grid as grid_lib
 from dvlm_jax.evaluation.inpainting import InpaintingError
 from dvlm_jax.evaluation.reconstruction import MaskedPatchPSNR
-from dvlm_jax.evaluation.shapes_eval import ShapesEval
+from dvlm_jax.evaluation.shapes_eval import GlyphsEval, ShapesEval
 from dvlm_jax.evaluation.text_perplexity import TextPerplexity
 
 # Keys are dvlm_jax.evaluation.EVALUATORS (checked by config validation and the tests).
@@ -40,6 +40,7 @@ EVALUATOR_CLASSES = {
     'text_perplexity': TextPerplexity,
     'masked_patch_psnr': MaskedPatchPSNR,
     'shapes': ShapesEval,
+    'glyphs': GlyphsEval,
     'inpainting': InpaintingError,
 }
 

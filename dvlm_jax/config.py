@@ -98,6 +98,7 @@ def defaults() -> ConfigDict:
   c.data.builtin_generation = 0.45   # built-in docs: share with caption before the image
   c.data.builtin_text = 0.1          # built-in docs: share of text-only documents
   c.data.builtin_max_shapes = 2
+  c.data.builtin_scenes = 0          # > 0: a fixed set of this many scenes (memorisation check)
   # Grain pipeline over built TFDS data sets (source 'tfds'; dvlm_jax/data/pipeline.py).
   c.data.data_dir = 'data'      # where `python -m dvlm_jax.data.build NAME --data_dir DIR` wrote
   c.data.split = 'train'

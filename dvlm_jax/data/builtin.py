@@ -34,18 +34,33 @@ class Mix:
   generation: float = 0.45
   text: float = 0.1
   max_shapes: int = 2
+  scenes: int = 0      # > 0: every image is one of this many fixed scenes (`fixed_scenes`)
 
   def __post_init__(self):
     if not (0 <= self.generation and 0 <= self.text and self.generation + self.text <= 1):
       raise ValueError(f'document mix shares must be >= 0 and sum to <= 1, got {self}')
+    if self.scenes < 0:
+      raise ValueError(f'data.builtin_scenes must be >= 0 (0 = fresh scenes), got {self.scenes}')
 
   @classmethod
   def from_config(cls, config) -> 'Mix':
-    """Optional keys data.builtin_generation / builtin_text / builtin_max_shapes."""
+    """Optional keys data.builtin_generation / builtin_text / builtin_max_shapes /
+    builtin_scenes."""
     data = config.data
     return cls(generation=float(data.get('builtin_generation', cls.generation)),
                text=float(data.get('builtin_text', cls.text)),
-               max_shapes=int(data.get('builtin_max_shapes', cls.max_shapes)))
+               max_shapes=int(data.get('builtin_max_shapes', cls.max_shapes)),
+               scenes=int(data.get('builtin_scenes', cls.scenes)))
+
+
+_FIXED_SCENES_SEED = 1234
+
+
+def fixed_scenes(mix: Mix) -> list[shapes.Scene]:
+  """The small fixed world of `data.builtin_scenes` (a memorisation check: training and
+  the held-out probes see the same scenes); independent of data.seed."""
+  rng = np.random.default_rng(_FIXED_SCENES_SEED)
+  return [shapes.sample_scene(rng, max_shapes=mix.max_shapes) for _ in range(mix.scenes)]
 
 
 def generation_document(scene: shapes.Scene, image_px: int) -> list:
@@ -65,12 +80,16 @@ def text_document(rng: np.random.Generator) -> list:
 def example_documents(rng: np.random.Generator, image_px: int,
                       mix: Mix = Mix()) -> Iterator[list]:
   """Endless stream of documents; deterministic given the generator's state."""
+  fixed = fixed_scenes(mix)
   while True:
     u = rng.random()
     if u < mix.text:
       yield text_document(rng)
       continue
-    scene = shapes.sample_scene(rng, max_shapes=mix.max_shapes)
+    if fixed:
+      scene = fixed[rng.integers(len(fixed))]
+    else:
+      scene = shapes.sample_scene(rng, max_shapes=mix.max_shapes)
     if u < mix.text + mix.generation:
       yield generation_document(scene, image_px)
     else:

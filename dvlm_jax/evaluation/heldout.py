@@ -53,8 +53,11 @@ class HeldOut:
   def __init__(self, config):
     self.source = str(config.data.source)
     self.data_dir = str(config.data.get('data_dir', 'data'))
+    self.fixed = []
     if self.source == 'builtin':
-      self.max_shapes = int(config.data.get('builtin_max_shapes', 2))
+      mix = builtin.Mix.from_config(config)
+      self.max_shapes = mix.max_shapes
+      self.fixed = builtin.fixed_scenes(mix)   # data.builtin_scenes > 0: the training scenes
       self.image_size = builtin.image_size(config)
     else:
       self.max_shapes = _BUILDER_MAX_SHAPES
@@ -85,7 +88,8 @@ class HeldOut:
     from dvlm_jax.data.builders import shapes as builder
     out = []
     for i in range(n):
-      scene = builder.scene_for(_BUILDER_SEED, split, i, self.max_shapes)
+      scene = (self.fixed[i % len(self.fixed)] if self.fixed
+               else builder.scene_for(_BUILDER_SEED, split, i, self.max_shapes))
       out.append((scene, shapes_lib.render(scene, self.image_size)))
     return out
 

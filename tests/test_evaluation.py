@@ -260,7 +260,7 @@ def test_command_reproduces_the_training_time_numbers(run_dir):
     assert os.path.isfile(path) and path.endswith('.png'), name
     assert f'grid  {path}' in out
   assert {os.path.basename(p) for p in record['grids'].values()} >= {
-      'shapes_generation.png', 'shapes_captions.png', 'shapes_glyphs.png',
+      'shapes_generation.png', 'shapes_captions.png', 'glyphs_captions.png',
       'masked_patch_psnr_scales.png', 'inpainting_cells.png'}
   tensorboard = os.path.join(run_dir, 'tensorboard')
   events = b''.join(open(os.path.join(tensorboard, f), 'rb').read() for f in os.listdir(tensorboard))

@@ -232,7 +232,7 @@ class GlyphsEval(ShapesEval):
       tally.add('unparseable', _glyph_caption(text) is None)
       if i < _GRID_ROWS:
         grid.add(f'model: {text!r}  truth: {glyphs_lib.caption(label)!r}', [image])
-    self.grids['glyphs'] = grid
+    self.grids['captions'] = grid
     # A uniform guess from the vocabularies (held-out combinations are spread evenly).
     n_glyphs, n_kinds = len(glyphs_lib.GLYPHS), len(shapes.KINDS)
     self.chance.update({'shapes/glyphs/glyph': 1 / n_glyphs, 'shapes/glyphs/kind': 1 / n_kinds,

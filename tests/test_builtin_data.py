@@ -184,6 +184,25 @@ def test_mix_is_configurable():
     builtin.Mix(generation=0.8, text=0.3)
 
 
+def test_builtin_scenes_is_a_fixed_world_shared_with_the_held_out_probes():
+  from dvlm_jax.evaluation.heldout import HeldOut
+  from tests.conftest import tiny_config
+  mix = builtin.Mix(generation=1.0, text=0.0, max_shapes=1, scenes=3)
+  fixed = builtin.fixed_scenes(mix)
+  assert len(fixed) == 3 and fixed == builtin.fixed_scenes(mix)   # the same set every time
+  captions = {builtin.GENERATION_PROMPT + shapes.caption(scene) for scene in fixed}
+  docs = _take(builtin.example_documents(np.random.default_rng(0), 16, mix), 60)
+  assert {d[0] for d in docs} == captions                           # all three, nothing else
+  fresh = _take(builtin.example_documents(np.random.default_rng(0), 16,
+                                          builtin.Mix(generation=1.0, text=0.0)), 60)
+  assert len({d[0] for d in fresh}) > 10
+  config = tiny_config(data__builtin_scenes=3, data__builtin_max_shapes=1)
+  held = HeldOut(config).scenes('test', 5)
+  assert [scene for scene, _ in held] == fixed + fixed[:2]
+  with pytest.raises(ValueError, match='builtin_scenes'):
+    builtin.Mix(scenes=-1)
+
+
 # ------------------------------------------------------------------------ batches
 
 @pytest.mark.parametrize('config', contract_configs())

@@ -29,7 +29,7 @@ train: venv
 	  --config.data.source=tfds --config.data.data_dir=$(DATA_DIR)
 
 # One pytest worker per core, whole files per worker (tests in a file share trained
-# fixtures); the suite is compile-bound, so two cores take ~9 min instead of ~15.
+# fixtures); the suite is compile- and subprocess-bound: about 30 min on two cores.
 test: venv
 	$(PY) -m pytest -n auto --dist loadfile tests
 

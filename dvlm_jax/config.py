@@ -511,7 +511,7 @@ ABLATIONS = {
 
 
 def apply_ablation(c: ConfigDict, name: str) -> ConfigDict:
-  """Flips one seed claim off (see ABLATIONS and docs/ablations.md)."""
+  """Flips one seed claim off (see ABLATIONS and docs/configs.md)."""
   if name not in ABLATIONS:
     raise ConfigError(f"unknown ablation {name!r}; choose one of {sorted(ABLATIONS)}")
   for key, value in ABLATIONS[name].items():

@@ -6,7 +6,7 @@ coarsest scale is the world's 3 x 3 grid and an image takes 94 tokens instead of
 rotary pairs on y and x only and the cell-position features (`model.rope_axes`,
 `model.image_pos_embed`); each scale's loss weighing the same (`loss.scale_weighting`);
 masked copies that look like generation (30 % of images fully masked, the rest 50-100 %
-of each scale); rows of 256 tokens (about one document each, so attention does not pay
+of each scale); four noise draws per target for the diffusion head; rows of 256 tokens (about one document each, so attention does not pay
 for a 512 x 512 score matrix) and twice the steps of 8 x 512 for the same tokens.
 
   python -m dvlm_jax.train --config experiments/small.py --workdir runs/small
@@ -22,6 +22,7 @@ def get_config(arg=None):
   c = cfg_lib.apply_size(cfg_lib.defaults(), 'small')
   c.diffusion.width = 128
   c.diffusion.depth = 2
+  c.diffusion.noise_samples = 4  # MAR's: 4 noise draws per image target, no measurable cost here
   c.image.patch_size = 5
   c.image.scales = (3, 6)
   c.image.share_fully_masked = 0.3

@@ -204,7 +204,8 @@ def test_variant_builds_with_finite_loss_and_grads(variant):
     config = tiny_config(**MOE)
   elif variant == 'demo':   # the switches of the make-train recipe (experiments/small.py)
     config = tiny_config(model__rope_axes='yx', model__image_pos_embed=True,
-                         loss__scale_weighting='scale')
+                         loss__scale_weighting='scale', diffusion__noise_samples=4,
+                         image__mask_ratio_min=0.5, image__mask_ratio_max=1.0)
   else:
     config = tiny_config(variant)
   batch = image_batch(config)

@@ -6,8 +6,9 @@ coarsest scale is the world's 3 x 3 grid and an image takes 94 tokens instead of
 rotary pairs on y and x only and the cell-position features (`model.rope_axes`,
 `model.image_pos_embed`); each scale's loss weighing the same (`loss.scale_weighting`);
 masked copies that look like generation (30 % of images fully masked, the rest 50-100 %
-of each scale); four noise draws per target for the diffusion head; rows of 256 tokens (about one document each, so attention does not pay
-for a 512 x 512 score matrix) and twice the steps of 8 x 512 for the same tokens.
+of each scale); four noise draws per target for the diffusion head; rows of 256 tokens
+(about one document each, so attention does not pay for a 512 x 512 score matrix) and
+twice the steps of 8 x 512 for the same tokens.
 
   python -m dvlm_jax.train --config experiments/small.py --workdir runs/small
   python -m dvlm_jax.train --config experiments/small.py:single_copy --workdir runs/small_1copy

@@ -207,18 +207,15 @@ class ShapesEval(Evaluator):
     return tally.rates('shapes/generation')
 
 
-
 class GlyphsEval(ShapesEval):
   """The glyphs probe: the letter (coarse view) and the small shapes (fine view) of glyph
   pictures, read from one caption. Its own evaluator, so that a run without glyphs in its
-  data (the make-train demo) does not spend time on a probe it can only fail."""
+  data (the make-train demo) does not spend time on a probe it can only fail. Shares
+  ShapesEval's captioning (`_describe`)."""
 
   def run(self, vlm, step: int) -> dict[str, float]:
     del step
     self.chance, self.grids = {}, {}
-    return self._glyphs(vlm)
-
-  def _glyphs(self, vlm) -> dict[str, float]:
     examples = self.heldout.glyphs(self.split, self.n)
     texts = self._describe(vlm, [image for _, image in examples])
     tally = Tally()

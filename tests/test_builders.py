@@ -18,10 +18,9 @@ from dvlm_jax.data import build as build_lib
 from dvlm_jax.data import builders
 from dvlm_jax.data import glyphs
 from dvlm_jax.data import shapes
+from dvlm_jax.data import splits
 from dvlm_jax.data.builders import base
 from dvlm_jax.data.builders import fashion_mnist as fashion_lib
-from dvlm_jax.data.builders import glyphs as glyph_builder
-from dvlm_jax.data.builders import shapes as shapes_builder
 from dvlm_jax.data.builders import twemoji as twemoji_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -101,10 +100,10 @@ def test_make_record_rejects_inconsistent_records(args):
 
 def test_split_by_hash_is_stable_and_roughly_proportional():
   keys = [f'k{i}' for i in range(4000)]
-  first = [base.split_by_hash(k, 0.1) for k in keys]
-  assert first == [base.split_by_hash(k, 0.1) for k in keys]
+  first = [splits.split_by_hash(k, 0.1) for k in keys]
+  assert first == [splits.split_by_hash(k, 0.1) for k in keys]
   assert 0.07 < first.count('validation') / len(keys) < 0.13
-  assert all(base.split_by_hash(k, 0.0) == 'train' for k in keys)
+  assert all(splits.split_by_hash(k, 0.0) == 'train' for k in keys)
 
 
 # ------------------------------------------------------------------------- twemoji
@@ -261,8 +260,8 @@ def test_shapes_deterministic_from_the_seed(tmp_path):
 
 
 def test_shapes_splits_never_share_a_caption():
-  captions = {split: {shapes.caption(shapes_builder.scene_for(0, split, i, 1)) for i in range(300)}
-              for split in shapes_builder.SPLITS}
+  captions = {split: {shapes.caption(splits.scene_for(0, split, i, 1)) for i in range(300)}
+              for split in splits.SPLITS}
   assert not captions['train'] & captions['test']
   assert not captions['train'] & captions['validation']
   assert not captions['validation'] & captions['test']
@@ -297,7 +296,7 @@ def test_glyph_letter_at_low_resolution_shapes_at_high():
 
 
 def test_glyph_splits_hold_out_combinations_but_not_parts():
-  parts = {split: glyph_builder.split_glyphs(split) for split in glyph_builder.SPLITS}
+  parts = {split: splits.split_glyphs(split) for split in splits.SPLITS}
   assert sum(len(p) for p in parts.values()) == len(glyphs.all_glyphs())
   assert len(set().union(*parts.values())) == len(glyphs.all_glyphs())
   assert all(parts['validation']) and parts['test']
@@ -316,7 +315,7 @@ def test_glyphs_build(tmp_path):
       (text,) = check_record(record, image_size=(64, 64))
       glyph = glyphs.from_dict(json.loads(record['labels']))
       assert glyphs.parse_caption(text) == glyph
-      assert glyph in glyph_builder.split_glyphs(split)
+      assert glyph in splits.split_glyphs(split)
       reading = glyphs.read(np.asarray(Image.open(io.BytesIO(record['images'][0]))))
       assert (reading.glyph, reading.kind, reading.colour) == (glyph.glyph, glyph.kind,
                                                                glyph.colour)

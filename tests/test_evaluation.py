@@ -2,7 +2,7 @@
 and that an evaluation of a restored checkpoint reproduces the one made during training.
 
 Shapes and glyphs examples come from the builders' own record functions
-(`builders.shapes.scene_for`, `builders.glyphs.glyph_for`: what a default build holds;
+(`data.splits.scene_for`, `data.splits.glyph_for`: what a default build holds;
 `test_built_records_are_the_computed_ones` builds tiny sets to check that), so the
 tiny run (data.source='builtin') needs no data directory.
 """
@@ -18,8 +18,7 @@ import pytest
 
 from dvlm_jax import config as cfg_lib
 from dvlm_jax import evaluation
-from dvlm_jax.data import glyphs, shapes
-from dvlm_jax.data.builders import shapes as shapes_builder
+from dvlm_jax.data import glyphs, shapes, splits
 from dvlm_jax.evaluation import detector, grid, heldout, runner, shapes_eval
 from tests.conftest import ROOT, tiny_config
 
@@ -126,7 +125,7 @@ def test_built_records_are_the_computed_ones(tmp_path):
     for (a, image_a), (b, image_b) in zip(read.glyphs(split, 3), computed.glyphs(split, 3)):
       assert a == b and np.array_equal(image_a, image_b)
   builtin_scenes = heldout.HeldOut(tiny_config()).scenes('test', 3)
-  assert [s for s, _ in builtin_scenes] == [shapes_builder.scene_for(0, 'test', i, 2)
+  assert [s for s, _ in builtin_scenes] == [splits.scene_for(0, 'test', i, 2)
                                             for i in range(3)]
   assert builtin_scenes[0][1].shape == (16, 16, 3)   # the tiny model's finest scale
 

@@ -7,7 +7,7 @@ Where they come from follows the training data:
       image size and shape count), labels from the record's JSON;
   otherwise
       the same records computed by the builders' own record functions
-      (`builders.shapes.scene_for`, `builders.glyphs.glyph_for`, seed 0: what
+      (`data.splits.scene_for`, `data.splits.glyph_for`, seed 0: what
       a default build writes), so nothing has to be built. With
       data.source='builtin' scenes have at most data.builtin_max_shapes shapes
       and are rendered at the model's finest resolution, like the training
@@ -31,6 +31,7 @@ from PIL import Image
 from dvlm_jax.data import builtin
 from dvlm_jax.data import glyphs as glyphs_lib
 from dvlm_jax.data import shapes as shapes_lib
+from dvlm_jax.data import splits
 
 log = logging.getLogger(__name__)
 
@@ -85,11 +86,10 @@ class HeldOut:
     if records is not None:
       return [(shapes_lib.scene_from_dict(json.loads(r['labels'])), _decode_png(r['images'][0]))
               for r in records]
-    from dvlm_jax.data.builders import shapes as builder
     out = []
     for i in range(n):
       scene = (self.fixed[i % len(self.fixed)] if self.fixed
-               else builder.scene_for(_BUILDER_SEED, split, i, self.max_shapes))
+               else splits.scene_for(_BUILDER_SEED, split, i, self.max_shapes))
       out.append((scene, shapes_lib.render(scene, self.image_size)))
     return out
 
@@ -98,10 +98,9 @@ class HeldOut:
     if records is not None:
       return [(glyphs_lib.from_dict(json.loads(r['labels'])), _decode_png(r['images'][0]))
               for r in records]
-    from dvlm_jax.data.builders import glyphs as builder
     size = max(self.image_size, glyphs_lib.MIN_SIZE_PX)
     out = []
     for i in range(n):
-      glyph = builder.glyph_for(_BUILDER_SEED, split, i)
+      glyph = splits.glyph_for(_BUILDER_SEED, split, i)
       out.append((glyph, glyphs_lib.render(glyph, size)))
     return out

@@ -12,7 +12,6 @@ pipeline that reads these files; `make_record` enforces it for every builder.
 from __future__ import annotations
 
 import collections
-import hashlib
 import inspect
 import io
 import json
@@ -104,27 +103,6 @@ def read_file(path: str, what: str, skips: 'SkipLog') -> bytes | None:
     skips.skip('empty file (0 bytes)', what)
     return None
   return data
-
-
-def hash_fraction(key: str) -> float:
-  """A stable number in [0, 1) per key: splits do not move when inputs are added."""
-  digest = hashlib.sha256(key.encode('utf-8')).digest()
-  return int.from_bytes(digest[:8], 'big') / 2.0**64
-
-
-def split_by_hash(key: str, validation_fraction: float) -> str:
-  return 'validation' if hash_fraction(key) < validation_fraction else 'train'
-
-
-def split_by_caption(caption: str, held_out: float) -> str:
-  """train / validation / test for a procedural caption: `held_out` of all captions each.
-
-  Used by the procedural worlds so that no caption of the validation or test
-  split is ever trained on (an exact-answer test of composition, not memory).
-  Independent of the seed: every build holds out the same captions.
-  """
-  u = hash_fraction(caption)
-  return 'validation' if u < held_out else 'test' if u < 2 * held_out else 'train'
 
 
 def decode_text(data: bytes, what: str, skips: 'SkipLog') -> str:

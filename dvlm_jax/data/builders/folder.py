@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 
+from dvlm_jax.data import splits
 from dvlm_jax.data.builders import base
 
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.webp', '.gif', '.bmp', '.tif', '.tiff')
@@ -51,7 +52,7 @@ class Folder(base.DvlmBuilder):
     documents = self._scan_jsonl(source) if os.path.isfile(source) else self._scan_pairs(source)
     plan = {'train': [], 'validation': []}
     for document in documents:
-      plan[base.split_by_hash(document[0], self.options['validation_fraction'])].append(document)
+      plan[splits.split_by_hash(document[0], self.options['validation_fraction'])].append(document)
     return {split: base.take(work, self.options['limit']) for split, work in plan.items()}
 
   # -------------------------------------------------------------------- checks

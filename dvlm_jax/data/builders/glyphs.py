@@ -2,7 +2,7 @@
 
 There are 36 glyphs x 3 kinds x 7 colours = 756 pictures per image size. The
 combinations are partitioned between the splits by caption hash
-(`base.split_by_caption`): validation and test ask for combinations never seen
+(`splits.split_by_caption`): validation and test ask for combinations never seen
 in training (every glyph, kind and colour is seen, just not together), which
 tests whether both readings compose. Record i of a split is drawn uniformly
 from that split's combinations by its own generator (seed, split, i).
@@ -12,26 +12,8 @@ from __future__ import annotations
 
 import functools
 
-import numpy as np
-
-from dvlm_jax.data import glyphs
+from dvlm_jax.data import glyphs, splits
 from dvlm_jax.data.builders import base
-
-SPLITS = ('train', 'validation', 'test')
-HELD_OUT = 0.05
-
-
-@functools.cache
-def split_glyphs(split: str) -> tuple[glyphs.Glyph, ...]:
-  """The combinations that belong to `split`, in a fixed order."""
-  return tuple(g for g in glyphs.all_glyphs()
-               if base.split_by_caption(glyphs.caption(g), HELD_OUT) == split)
-
-
-def glyph_for(seed: int, split: str, index: int) -> glyphs.Glyph:
-  choices = split_glyphs(split)
-  rng = np.random.default_rng([seed, SPLITS.index(split), index])
-  return choices[int(rng.integers(len(choices)))]
 
 
 @functools.lru_cache(maxsize=len(glyphs.all_glyphs()))
@@ -56,11 +38,11 @@ class Glyphs(base.DvlmBuilder):
     base.check_positive(self.BUILDER, self.options, ['image_size'], minimum=glyphs.MIN_SIZE_PX)
 
   def _plan(self):
-    return {split: [(split, i) for i in range(self.options[f'{split}_size'])] for split in SPLITS}
+    return {split: [(split, i) for i in range(self.options[f'{split}_size'])] for split in splits.SPLITS}
 
   def _record(self, work):
     split, index = work
-    glyph = glyph_for(self.options['seed'], split, index)
+    glyph = splits.glyph_for(self.options['seed'], split, index)
     png = _png(glyph, self.options['image_size'])
     return base.make_record(f'glyphs/{split}/{index:06d}', [png], [glyphs.caption(glyph)],
                             labels=glyphs.to_dict(glyph))

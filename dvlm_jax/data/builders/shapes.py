@@ -3,31 +3,15 @@
 Record i of a split is a pure function of (seed, split, i): its own generator
 draws scenes until one whose caption belongs to the split, so a record never
 changes when the split sizes do. Captions are partitioned by hash between the
-splits (`base.split_by_caption`), so validation and test hold only scenes the
+splits (`splits.split_by_caption`), so validation and test hold only scenes the
 model was not trained on in those words. Labels are the scene as JSON
 (`shapes.scene_to_dict`), from which the caption is exactly recoverable.
 """
 
 from __future__ import annotations
 
-import numpy as np
-
-from dvlm_jax.data import shapes
+from dvlm_jax.data import shapes, splits
 from dvlm_jax.data.builders import base
-
-SPLITS = ('train', 'validation', 'test')
-HELD_OUT = 0.05        # share of all captions kept for validation, and for test
-_MAX_DRAWS = 100_000   # per record; a split with no reachable caption is a bug, not a hang
-
-
-def scene_for(seed: int, split: str, index: int, max_shapes: int) -> shapes.Scene:
-  """The scene of record `index` of `split`."""
-  rng = np.random.default_rng([seed, SPLITS.index(split), index])
-  for _ in range(_MAX_DRAWS):
-    scene = shapes.sample_scene(rng, max_shapes=max_shapes)
-    if base.split_by_caption(shapes.caption(scene), HELD_OUT) == split:
-      return scene
-  raise RuntimeError(f'no {split} scene in {_MAX_DRAWS} draws (max_shapes={max_shapes})')
 
 
 class Shapes(base.DvlmBuilder):
@@ -49,12 +33,12 @@ class Shapes(base.DvlmBuilder):
                              f'{self.options["max_shapes"]}')
 
   def _plan(self):
-    return {split: [(split, i) for i in range(self.options[f'{split}_size'])] for split in SPLITS}
+    return {split: [(split, i) for i in range(self.options[f'{split}_size'])] for split in splits.SPLITS}
 
   def _record(self, work):
     split, index = work
     o = self.options
-    scene = scene_for(o['seed'], split, index, o['max_shapes'])
+    scene = splits.scene_for(o['seed'], split, index, o['max_shapes'])
     png = base.encode_png(shapes.render(scene, o['image_size']))
     return base.make_record(f'shapes/{split}/{index:06d}', [png], [shapes.caption(scene)],
                             labels=shapes.scene_to_dict(scene))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 
+from dvlm_jax.data import splits
 from dvlm_jax.data.builders import base
 
 _BLANK_LINE = re.compile(r'\n[ \t\f\v]*\n')
@@ -78,7 +79,7 @@ class Text(base.DvlmBuilder):
     for path, rel in self._files():
       for k, _ in enumerate(self._documents(path, rel, count=True) or ()):
         record_id = f'text/{rel}' if self.options['per_file'] else f'text/{rel}#{k}'
-        split = base.split_by_hash(record_id, self.options['validation_fraction'])
+        split = splits.split_by_hash(record_id, self.options['validation_fraction'])
         plan[split].append((record_id, path, rel, k))
     self._cache = (None, None)
     return {split: base.take(work, self.options['limit']) for split, work in plan.items()}

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 
+from dvlm_jax.data import splits
 from dvlm_jax.data.builders import base
 
 DEFAULT_SOURCE = '/usr/share/tuxpaint/stamps'
@@ -64,7 +65,7 @@ class Tuxpaint(base.DvlmBuilder):
           continue
         work = self._work(directory, stem, rel)
         if work is not None:
-          plan[base.split_by_hash(work[0], VALIDATION_FRACTION)].append(work)
+          plan[splits.split_by_hash(work[0], VALIDATION_FRACTION)].append(work)
     return {split: base.take(work, self.options['limit']) for split, work in plan.items()}
 
   def _work(self, directory: str, stem: str, rel: str):

@@ -17,6 +17,7 @@ import importlib.util
 import os
 import re
 
+from dvlm_jax.data import splits
 from dvlm_jax.data.builders import base
 
 _VS16 = '\ufe0f'
@@ -104,7 +105,7 @@ class Twemoji(base.DvlmBuilder):
       if not os.path.isfile(path) or os.path.getsize(path) == 0:
         self.skips.skip('empty or not a file', filename)
         continue
-      plan[base.split_by_hash(record_id, VALIDATION_FRACTION)].append((record_id, path, name))
+      plan[splits.split_by_hash(record_id, VALIDATION_FRACTION)].append((record_id, path, name))
     return {split: base.take(work, self.options['limit']) for split, work in plan.items()}
 
   def _record(self, work):

@@ -1,0 +1,62 @@
+"""Which split a record belongs to, and the held-out records of the procedural worlds.
+
+Pure functions of their inputs (no TFDS): the data set builders write these records,
+and evaluation recomputes the same ones when nothing is built (`evaluation/heldout.py`).
+Procedural captions are partitioned by hash, so no caption of the validation or test
+split is ever trained on (an exact-answer test of composition, not memory).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+
+import numpy as np
+
+from dvlm_jax.data import glyphs, shapes
+
+SPLITS = ('train', 'validation', 'test')
+HELD_OUT = 0.05        # share of all procedural captions kept for validation, and for test
+_MAX_DRAWS = 100_000   # per record; a split with no reachable caption is a bug, not a hang
+
+
+def hash_fraction(key: str) -> float:
+  """A stable number in [0, 1) per key: splits do not move when inputs are added."""
+  digest = hashlib.sha256(key.encode('utf-8')).digest()
+  return int.from_bytes(digest[:8], 'big') / 2.0**64
+
+
+def split_by_hash(key: str, validation_fraction: float) -> str:
+  return 'validation' if hash_fraction(key) < validation_fraction else 'train'
+
+
+def split_by_caption(caption: str, held_out: float = HELD_OUT) -> str:
+  """train / validation / test for a procedural caption: `held_out` of all captions each.
+  Independent of the seed: every build holds out the same captions."""
+  u = hash_fraction(caption)
+  return 'validation' if u < held_out else 'test' if u < 2 * held_out else 'train'
+
+
+def scene_for(seed: int, split: str, index: int, max_shapes: int) -> shapes.Scene:
+  """The shapes scene of record `index` of `split`: its own generator (seed, split,
+  index) draws scenes until one whose caption belongs to the split, so a record never
+  changes when the split sizes do."""
+  rng = np.random.default_rng([seed, SPLITS.index(split), index])
+  for _ in range(_MAX_DRAWS):
+    scene = shapes.sample_scene(rng, max_shapes=max_shapes)
+    if split_by_caption(shapes.caption(scene)) == split:
+      return scene
+  raise RuntimeError(f'no {split} scene in {_MAX_DRAWS} draws (max_shapes={max_shapes})')
+
+
+@functools.cache
+def split_glyphs(split: str) -> tuple[glyphs.Glyph, ...]:
+  """The glyph combinations that belong to `split`, in a fixed order."""
+  return tuple(g for g in glyphs.all_glyphs() if split_by_caption(glyphs.caption(g)) == split)
+
+
+def glyph_for(seed: int, split: str, index: int) -> glyphs.Glyph:
+  """The glyph of record `index` of `split`, uniform over the split's combinations."""
+  choices = split_glyphs(split)
+  rng = np.random.default_rng([seed, SPLITS.index(split), index])
+  return choices[int(rng.integers(len(choices)))]

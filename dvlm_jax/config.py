@@ -223,14 +223,21 @@ def default_logical_rules() -> tuple[tuple[str, Any], ...]:
 
 # ----------------------------------------------------------------------------- loading
 
+def load_experiment(path: str):
+  """The module of an experiment file (`get_config(arg)`, optionally `get_sweep(arg)`)."""
+  if not os.path.isfile(path):
+    raise ConfigError(f'--config: no such experiment file {path!r}')
+  name = '_experiment_' + os.path.splitext(os.path.basename(path))[0]
+  module_spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module
+
+
 def load(spec: str, overrides: Sequence[str] = ()) -> ConfigDict:
   """Loads `path.py[:arg]`, applies `a.b=value` overrides, validates."""
   path, _, arg = spec.partition(':')
-  if not os.path.isfile(path):
-    raise ConfigError(f'--config: no such experiment file {path!r}')
-  module_spec = importlib.util.spec_from_file_location('_experiment', path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
+  module = load_experiment(path)
   if not hasattr(module, 'get_config'):
     raise ConfigError(f'--config: {path} defines no get_config(arg)')
   config = module.get_config(arg or None)

@@ -9,7 +9,6 @@ data, diffusion and optimiser settings of the dream experiment of that size, so 
 two are directly comparable.
 """
 
-import importlib.util
 import os
 
 from dvlm_jax import config as cfg_lib
@@ -20,7 +19,4 @@ def get_config(arg=None):
   if size not in cfg_lib.SIZES:
     raise cfg_lib.ConfigError(f"janus.py: unknown size {size!r}; choose one of {sorted(cfg_lib.SIZES)}")
   path = os.path.join(os.path.dirname(__file__), f'{size}.py')
-  spec = importlib.util.spec_from_file_location(f'_dream_{size}', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return cfg_lib.janus_like(module.get_config())
+  return cfg_lib.janus_like(cfg_lib.load_experiment(path).get_config())

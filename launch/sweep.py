@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.util
 import re
 import subprocess
 import sys
+
+from dvlm_jax import config as cfg_lib
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,9 +48,10 @@ def run_name(point: dict) -> str:
 
 def expand(config_spec: str, workdir: str) -> list[Run]:
   path, _, arg = config_spec.partition(':')
-  spec = importlib.util.spec_from_file_location('_experiment', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
+  try:
+    module = cfg_lib.load_experiment(path)
+  except cfg_lib.ConfigError as e:
+    raise SystemExit(f'error: {e}') from None
   if not hasattr(module, 'get_sweep'):
     raise SystemExit(f'{path} declares no get_sweep(arg)')
   runs = []

@@ -17,7 +17,7 @@ from typing import Sequence
 
 import numpy as np
 
-from dvlm_jax.data import builtin, layout, sentencepiece_tokenizer
+from dvlm_jax.data import builtin, layout, pipeline
 from dvlm_jax.inference import images as images_lib
 from dvlm_jax.inference import loading, sequence, text as text_lib
 from dvlm_jax.inference.images import GeneratedImage, GenerationOptions
@@ -25,15 +25,6 @@ from dvlm_jax.inference.images import GeneratedImage, GenerationOptions
 __all__ = ['VLM', 'GeneratedImage']
 
 MODES = ('clean', 'surprisal')
-
-
-def load_tokenizer(config):
-  """config.data.tokenizer ('byte' or a SentencePiece file), checked against the model."""
-  tokenizer = sentencepiece_tokenizer.load(str(config.data.tokenizer))
-  if tokenizer.vocab_size > int(config.model.vocab_size):
-    raise ValueError(f'tokenizer has {tokenizer.vocab_size} ids, more than '
-                     f'model.vocab_size={config.model.vocab_size}')
-  return tokenizer
 
 
 class VLM:
@@ -44,7 +35,7 @@ class VLM:
     self.model = model
     self.params = params
     self.step = int(step)
-    self.tokenizer = load_tokenizer(config)
+    self.tokenizer = pipeline.load_tokenizer(config)
     self.layout = layout.LayoutConfig.from_config(config)
     self._text = text_lib.TextDecoder(model, self.layout, self.tokenizer)
     self._images = images_lib.ImageGenerator(model, config, self.tokenizer)

@@ -31,7 +31,7 @@ train: venv
 # One pytest worker per core, whole files per worker (tests in a file share trained
 # fixtures); the suite is compile- and subprocess-bound: about 30 min on two cores.
 test: venv
-	$(PY) -m pytest -n auto --dist loadfile tests
+	$(PY) -m pytest -n auto --dist loadfile --durations=25 tests
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -55,7 +55,7 @@ def main(argv=None) -> int:
       record = json.load(f)
     print(f'step {vlm.step}{" (EMA)" if args.ema else ""} of {args.workdir}: '
           f'{time.perf_counter() - start:.1f}s')
-    print(runner.summary_table(metrics, record['chance']))
+    print(runner.summary_table(metrics, record['chance'], record.get('not_applicable')))
     print(f'wrote {path}')
     for grid in record['grids'].values():
       print(f'grid  {grid}')

@@ -71,7 +71,8 @@ def print_eval_summary(workdir: str, step: int) -> None:
   """The final evaluation as a table (metric, value, chance) and where its pictures are."""
   with open(eval_runner.record_path(workdir, step)) as f:
     record = cfg_lib.json.load(f)
-  print(eval_runner.summary_table(record['metrics'], record['chance']))
+  print(eval_runner.summary_table(record['metrics'], record['chance'],
+                                  record.get('not_applicable')))
   for path in record['grids'].values():
     print(f'  grid: {path}')
 

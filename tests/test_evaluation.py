@@ -162,6 +162,30 @@ def test_summary_table_and_grid():
   assert picture.dtype == np.uint8 and picture.shape[0] > 96 and picture.shape[1] > 2 * 96
 
 
+def test_what_a_variant_cannot_do_is_recorded_as_not_applicable(tmp_path):
+  """Ablations without the diffusion head or the imun head, and the Janus-like baseline,
+  evaluate: metrics they cannot be asked for are n/a with the reason, the rest is scored."""
+  from dvlm_jax.inference.api import VLM
+  from tests.conftest import build, image_batch
+  cases = [  # (config, evaluators, n/a groups)
+      (tiny_config('no_diffusion'), ('inpainting', 'shapes'), {'inpainting', 'shapes/generation'}),
+      (tiny_config('no_masked_modelling'), ('masked_patch_psnr',), {'masked_patch_psnr'}),
+      (cfg_lib.janus_like(tiny_config()), ('masked_patch_psnr', 'inpainting'),
+       {'masked_patch_psnr', 'inpainting'})]
+  for config, evaluators, expected in cases:
+    config.eval.evaluators, config.eval.num_examples = evaluators, 2
+    config.eval.max_new_tokens = 8
+    _, params = build(config, image_batch(config))
+    metrics = runner.evaluate(VLM.from_params(config, params), config, 0, str(tmp_path))
+    record = _record(str(tmp_path), '0.json')
+    assert set(record['not_applicable']) == expected, record['not_applicable']
+    assert all(reason for reason in record['not_applicable'].values())
+    assert ('shapes' in evaluators) == ('shapes/caption/colour' in metrics)
+    assert not any(k.startswith(('inpaint/', 'shapes/generation')) for k in metrics)
+    table = runner.summary_table(metrics, record['chance'], record['not_applicable'])
+    assert sum(' n/a ' in line for line in table.splitlines()) == len(expected)
+
+
 # ------------------------------------------------------------ on a tiny trained run
 
 def _training_time_evaluation(workdir):

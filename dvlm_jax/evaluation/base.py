@@ -2,7 +2,8 @@
 
 An evaluator is constructed from the config and has one method, `run(vlm, step) ->
 dict[str, float]`; after a run, `chance` holds the chance level of each metric that has
-one and `grids` the pictures to write (name -> Grid).
+one, `grids` the pictures to write (name -> Grid) and `not_applicable` the metric groups
+this model variant cannot be asked for (group -> reason; `inference.images.Unsupported`).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ class Evaluator:
     self.steps = int(e.sample_steps) or None     # 0: the config's diffusion.sample_steps
     self.chance: dict[str, float] = {}
     self.grids: dict[str, Grid] = {}
+    self.not_applicable: dict[str, str] = {}
 
   def run(self, vlm, step: int) -> dict[str, float]:
     raise NotImplementedError

@@ -5,7 +5,8 @@
 writes (process 0 only; every process runs the evaluators, since with a sharded
 model every process takes part in each computation):
 
-  WORKDIR/eval/STEP.json    {'step', 'metrics', 'chance', 'seconds', 'grids'}
+  WORKDIR/eval/STEP.json    {'step', 'metrics', 'chance', 'not_applicable', 'seconds',
+                            'grids'}
   WORKDIR/eval/STEP/*.png   picture grids (generations with their prompts,
                             reconstructions per scale, inpaintings, captions)
   WORKDIR/tensorboard/      every metric as the scalar 'eval/NAME' at STEP
@@ -13,11 +14,13 @@ model every process takes part in each computation):
 and returns the metrics. Evaluators are deterministic for `eval.seed`, so an
 evaluation of a restored checkpoint (`python -m dvlm_jax.eval`) reproduces the
 numbers logged at that step during training. `seconds` (wall time per
-evaluator) is the only thing in STEP.json that is not.
+evaluator) is the only thing in STEP.json that is not. What a model variant cannot do
+(an ablation without the diffusion head cannot generate; `inference.images.Unsupported`)
+is recorded under `not_applicable` ({evaluator or metric group: reason}), not raised.
 
 An evaluator is a small class: `__init__(config)`, `run(vlm, step) ->
 {metric: float}`, and after `run` the attributes `chance` ({metric: chance
-level}) and `grids` ({name: grid.Grid}).
+level}), `grids` ({name: grid.Grid}) and `not_applicable` ({metric group: reason}).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from dvlm_jax.evaluation.inpainting import InpaintingError
 from dvlm_jax.evaluation.reconstruction import MaskedPatchPSNR
 from dvlm_jax.evaluation.shapes_eval import GlyphsEval, ShapesEval
 from dvlm_jax.evaluation.text_perplexity import TextPerplexity
+from dvlm_jax.inference.images import Unsupported
 
 # Keys are dvlm_jax.evaluation.EVALUATORS (checked by config validation and the tests).
 EVALUATOR_CLASSES = {
@@ -58,7 +62,8 @@ def record_path(workdir: str, step: int, tag: str = '') -> str:
   return os.path.join(eval_dir(workdir), f'{step}{tag}.json')
 
 
-def _write(workdir: str, step: int, tag: str, metrics, chance, seconds, grids) -> dict:
+def _write(workdir: str, step: int, tag: str, metrics, chance, not_applicable, seconds,
+           grids) -> dict:
   """The JSON record, the PNG grids and the TensorBoard scalars of one evaluation."""
   directory = os.path.join(eval_dir(workdir), f'{step}{tag}')
   os.makedirs(directory, exist_ok=True)
@@ -66,8 +71,8 @@ def _write(workdir: str, step: int, tag: str, metrics, chance, seconds, grids) -
   for name, grid in grids.items():
     paths[name] = os.path.join(directory, f'{name}.png')
     grid_lib.save_png(grid, paths[name])
-  record = {'step': int(step), 'metrics': metrics, 'chance': chance, 'seconds': seconds,
-            'grids': paths}
+  record = {'step': int(step), 'metrics': metrics, 'chance': chance,
+            'not_applicable': not_applicable, 'seconds': seconds, 'grids': paths}
   # Written to a temporary name and renamed: a reader never sees half a file.
   path = record_path(workdir, step, tag)
   with open(path + '.tmp', 'w') as f:
@@ -86,19 +91,24 @@ def evaluate(vlm, config, step: int, workdir: str, *, tag: str = '') -> dict[str
   `tag` keeps evaluations of other parameters of the same step apart: '_ema' writes
   eval/STEP_ema.json, eval/STEP_ema/ and the scalars 'eval_ema/NAME'.
   """
-  metrics, chance, seconds, grids = {}, {}, {}, {}
+  metrics, chance, not_applicable, seconds, grids = {}, {}, {}, {}, {}
   for name in config.eval.evaluators:
     if name not in EVALUATOR_CLASSES:
       raise ValueError(f'eval.evaluators: unknown {name!r}; choose from {list(EVALUATOR_CLASSES)}')
     start = time.perf_counter()
     evaluator = EVALUATOR_CLASSES[name](config)
-    found = evaluator.run(vlm, step)
+    try:
+      found = evaluator.run(vlm, step)
+    except Unsupported as e:   # this variant cannot be asked for any of its metrics
+      not_applicable[name] = str(e)
+      continue
+    not_applicable.update(evaluator.not_applicable)
     seconds[name] = time.perf_counter() - start
     metrics.update({k: float(v) for k, v in found.items()})
     chance.update(evaluator.chance)
     grids.update({f'{name}_{g}': grid for g, grid in evaluator.grids.items()})
   if jax.process_index() == 0:
-    _write(workdir, step, tag, metrics, chance, seconds, grids)
+    _write(workdir, step, tag, metrics, chance, not_applicable, seconds, grids)
   return metrics
 
 
@@ -128,15 +138,19 @@ def maybe_evaluate(config, state_params, step: int, workdir: str) -> dict[str, f
   return metrics
 
 
-def summary_table(metrics: dict[str, float], chance: dict[str, float] | None = None) -> str:
-  """A console table: metric, value, chance (blank where a metric has none)."""
-  chance = chance or {}
-  width = max([len('metric')] + [len(k) for k in metrics])
+def summary_table(metrics: dict[str, float], chance: dict[str, float] | None = None,
+                  not_applicable: dict[str, str] | None = None) -> str:
+  """A console table: metric, value, chance (blank where a metric has none); then one
+  'n/a' row per metric group the model cannot be asked for, with the reason."""
+  chance, not_applicable = chance or {}, not_applicable or {}
+  width = max([len('metric')] + [len(k) for k in [*metrics, *not_applicable]])
   lines = [f'{"metric":<{width}}  {"value":>10}  {"chance":>10}', '-' * (width + 24)]
   for name in sorted(metrics):
     level = chance.get(name)
     lines.append(f'{name:<{width}}  {_number(metrics[name]):>10}  '
                  f'{"" if level is None else _number(level):>10}')
+  for name in sorted(not_applicable):
+    lines.append(f'{name:<{width}}  {"n/a":>10}  ({not_applicable[name]})')
   return '\n'.join(lines)
 
 

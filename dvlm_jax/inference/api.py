@@ -87,7 +87,7 @@ class VLM:
 
   def _surprisal_masks(self, mask_ratio, seed: int, index: int) -> list[np.ndarray]:
     if not self.model.cfg.mask_token:
-      raise ValueError("surprisal mode needs mask tokens; this model was trained without "
+      raise images_lib.Unsupported("surprisal mode needs mask tokens; this model was trained without "
                        "(image.targets='next_patch')")
     low, high = (mask_ratio, mask_ratio) if np.isscalar(mask_ratio) else mask_ratio
     # The training layout's own mask drawing, with every image partially masked.

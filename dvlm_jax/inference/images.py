@@ -58,6 +58,11 @@ from dvlm_jax.training import losses
 PREFIX_QUANTUM = 16     # text before the image is padded to a multiple of this (fewer shapes)
 
 
+class Unsupported(ValueError):
+  """The model variant cannot do what was asked: it was trained without the part that
+  does it (evaluation records such a metric as n/a, with this message as the reason)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class GenerationOptions:
   cfg_scale: float = 3.0
@@ -229,13 +234,13 @@ class ImageGenerator:
   # -- checks
   def _check_can_generate(self, opts: GenerationOptions):
     if not self.model.cfg.diffusion_head:
-      raise ValueError('this model has no diffusion head (model.diffusion_head=False): it '
+      raise Unsupported('this model has no diffusion head (model.diffusion_head=False): it '
                        'cannot generate images')
     if self.cfg.image_targets != 'masked':
-      raise ValueError("image.targets='next_patch' (the Janus-like baseline) generates patch by "
+      raise Unsupported("image.targets='next_patch' (the Janus-like baseline) generates patch by "
                        'patch; next-scale generation needs masked targets and mask tokens')
     if opts.self_correct and not self.model.cfg.imun_head:
-      raise ValueError('self_correct needs the imun head (model.imun_head=True): surprise is '
+      raise Unsupported('self_correct needs the imun head (model.imun_head=True): surprise is '
                        "the imun prediction at M_k against the sample")
 
   # -- rows
@@ -389,9 +394,9 @@ class ImageGenerator:
     (dB, pixels in [0, 1], masked patches; nan where nothing is masked).
     """
     if not self.model.cfg.imun_head:
-      raise ValueError('reconstruct needs the imun head (model.imun_head=True)')
+      raise Unsupported('reconstruct needs the imun head (model.imun_head=True)')
     if self.cfg.image_targets != 'masked':
-      raise ValueError("reconstruct needs masked image targets (image.targets='masked')")
+      raise Unsupported("reconstruct needs masked image targets (image.targets='masked')")
     if not 0.0 <= mask_ratio <= 1.0:
       raise ValueError(f'mask_ratio must lie in [0, 1], got {mask_ratio}')
     if not images:

@@ -86,7 +86,8 @@ def defaults() -> ConfigDict:
   i.mask_ratio_min = 0.25
   i.mask_ratio_max = 0.75
   i.share_unmasked = 0.1        # share of images fully visible (0 % masked)
-  i.share_fully_masked = 0.1    # share of images fully masked (100 %, as in generation)
+  i.share_fully_masked = 0.1    # share of images masked as generation sees them (100 %;
+                                # single copy: the scales from a random k on)
   i.caption_dropout = 0.1       # drop the text of an image document (for CFG)
 
   c.data = ConfigDict()

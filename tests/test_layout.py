@@ -325,6 +325,23 @@ def test_share_unmasked_and_fully_masked():
   assert b['image_weights'].sum() == 2 * (1 + 4 + 16)
 
 
+def test_single_copy_generation_share_masks_the_scales_from_a_random_one_on():
+  """One copy: generating scale k sees scales < k whole (the samples replaced the mask
+  tokens) and k.. masked, so that is what the generation share of training draws."""
+  cfg = make_cfg(dual_copy=False, share_unmasked=0.0, share_fully_masked=1.0)
+  firsts = set()
+  rng = np.random.default_rng(0)
+  for _ in range(40):
+    masks = layout.draw_masks(cfg, rng)
+    flags = [bool(m.all()) for m in masks]
+    assert all(m.all() or not m.any() for m in masks)          # each scale whole or masked
+    assert flags == sorted(flags)                               # visible, then masked
+    firsts.add(flags.index(True) if any(flags) else len(flags))
+  assert firsts == {0, 1, 2}                                    # every scale gets generated
+  dual = make_cfg(share_unmasked=0.0, share_fully_masked=1.0)   # two copies: all M_k masked
+  assert all(m.all() for m in layout.draw_masks(dual, rng))
+
+
 def test_next_patch_targets_every_patch():
   cfg = make_cfg(image_targets='next_patch', image_attention='causal', dual_copy=False,
                  target_shift=1, share_fully_masked=1.0, share_unmasked=0.0)

@@ -261,9 +261,12 @@ def resize_to_scales(image: np.ndarray, cfg: LayoutConfig) -> list[np.ndarray]:
 def draw_masks(cfg: LayoutConfig, rng: np.random.Generator) -> list[np.ndarray]:
   """Per scale a bool [s*s] mask of M_k (True = replaced by the mask token).
 
-  A share of images is fully visible and a share fully masked so that both
-  extremes (understanding a clean image, generating from nothing) are in
-  distribution; the rest masks a Uniform(min, max) ratio per scale.
+  A share of images is fully visible and a share masked as generation sees them, so
+  that both extremes (understanding a clean image, generating from nothing) are in
+  distribution; the rest masks a Uniform(min, max) ratio per scale. Generation with two
+  copies samples M_k with U_1..U_{k-1} visible: every M_k fully masked. With one copy
+  the sample replaces the mask tokens, so generating scale k sees scales 1..k-1 whole
+  and k..K masked: such an image masks the scales from a uniformly drawn k on.
   """
   sizes = [s * s for s in cfg.scales]
   if cfg.image_targets == 'next_patch':
@@ -272,7 +275,8 @@ def draw_masks(cfg: LayoutConfig, rng: np.random.Generator) -> list[np.ndarray]:
   if u < cfg.share_unmasked:
     return [np.zeros(n, bool) for n in sizes]
   if u < cfg.share_unmasked + cfg.share_fully_masked:
-    return [np.ones(n, bool) for n in sizes]
+    first = 0 if cfg.dual_copy else int(rng.integers(len(sizes)))
+    return [np.full(n, k >= first) for k, n in enumerate(sizes)]
   masks = []
   for n in sizes:
     ratio = rng.uniform(cfg.mask_ratio_min, cfg.mask_ratio_max)

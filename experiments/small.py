@@ -6,10 +6,9 @@ coarsest scale is the world's 3 x 3 grid and an image takes 94 tokens instead of
 rotary pairs on y and x only and the cell-position features (`model.rope_axes`,
 `model.image_pos_embed`); each scale's loss weighing the same (`loss.scale_weighting`);
 masked copies that look like generation (30 % of images fully masked, the rest 50-100 %
-of each scale); the default diffusion head (width 256, depth 3: 18-38 % lower imgen loss
-than 128 x 2 on two seeds, at no measurable step time here) with four noise draws per
-target; rows of 256 tokens (about one document each, so attention does not pay for a
-512 x 512 score matrix) and twice the steps of 8 x 512 for the same tokens.
+of each scale); four noise draws per target for the diffusion head; rows of 256 tokens
+(about one document each, so attention does not pay for a 512 x 512 score matrix) and
+twice the steps of 8 x 512 for the same tokens.
 
   python -m dvlm_jax.train --config experiments/small.py --workdir runs/small
   python -m dvlm_jax.train --config experiments/small.py:single_copy --workdir runs/small_1copy
@@ -22,6 +21,8 @@ from dvlm_jax import config as cfg_lib
 
 def get_config(arg=None):
   c = cfg_lib.apply_size(cfg_lib.defaults(), 'small')
+  c.diffusion.width = 128
+  c.diffusion.depth = 2
   c.diffusion.noise_samples = 4  # MAR's: 4 noise draws per image target, no measurable cost here
   c.image.patch_size = 5
   c.image.scales = (3, 6)

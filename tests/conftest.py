@@ -1,8 +1,21 @@
-"""Shared fixtures: the tiny config, a hand-laid batch with one image, a compiled forward."""
+"""Shared fixtures: the tiny config, a hand-laid batch with one image, a compiled forward.
+
+Also one persistent XLA compilation cache for the whole suite: the pytest workers and
+the train / eval commands they start compile the same programs (the tiny train step,
+the evaluators' functions) many times over; with the cache each compiles once. Set
+before JAX is imported; the commands inherit it through the environment. The size limit
+turns on JAX's file lock, so concurrent processes never read a half-written entry.
+"""
 
 import os
+import tempfile
 
-import jax
+os.environ.setdefault('JAX_COMPILATION_CACHE_DIR',
+                      os.path.join(tempfile.gettempdir(), 'dvlm_jax_test_xla_cache'))
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
+os.environ.setdefault('JAX_COMPILATION_CACHE_MAX_SIZE', str(4 << 30))
+
+import jax  # noqa: E402  (after the cache settings)
 import numpy as np
 import pytest
 

@@ -51,6 +51,25 @@ class CheckpointError(Exception):
   """A checkpoint cannot be written, or does not fit the run; the message is one line."""
 
 
+class _OrphanedTaskErrors(logging.Filter):
+  """orbax checks a damaged checkpoint's files in parallel asyncio tasks: the first error
+  is raised (and reported here in one line), the others are logged by asyncio, with their
+  tracebacks, as 'Task exception was never retrieved' whenever the tasks are garbage
+  collected. After a failed restore those records say nothing new: drop them."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith('Task exception was never retrieved')
+
+
+_ORPHANED_TASK_ERRORS = _OrphanedTaskErrors()
+
+
+def _restore_failed(e: BaseException) -> str:
+  """The first line of a restore error; from now on asyncio's echoes of it are dropped."""
+  logging.getLogger('asyncio').addFilter(_ORPHANED_TASK_ERRORS)   # a no-op when present
+  return _first_line(e)
+
+
 def _first_line(e: BaseException) -> str:
   return f'{type(e).__name__}: {(str(e).strip().splitlines() or [""])[0][:200]}'
 
@@ -117,7 +136,7 @@ class Checkpointer:
         return self._restore(step, abstract_state, data_iterator), step
       except Exception as e:  # pylint: disable=broad-except
         log.warning('checkpoint step %d cannot be restored (%s); moving it aside and '
-                    'trying an older one', step, _first_line(e))
+                    'trying an older one', step, _restore_failed(e))
         self._quarantine(step)
     return None, 0
 
@@ -131,7 +150,7 @@ class Checkpointer:
         return restored['params'], step
       except Exception as e:  # pylint: disable=broad-except
         log.warning('checkpoint step %d cannot be restored (%s); trying an older one', step,
-                    _first_line(e))
+                    _restore_failed(e))
     return None, 0
 
   def _raise_if_different(self, step, abstract_state, abstract_params=None):
@@ -244,8 +263,8 @@ def restore_params(workdir: str, abstract_params, *, step: int | None = None, em
         if step is not None:
           others = [s for s in steps if s != step]
           raise CheckpointError(
-              f'checkpoint step {step} of {workdir!r} cannot be restored ({_first_line(e)}); '
+              f'checkpoint step {step} of {workdir!r} cannot be restored ({_restore_failed(e)}); '
               f'other saved steps: {others or "none"} (pass one with --step)') from e
         log.warning('checkpoint step %d of %s cannot be restored (%s); trying an older one',
-                    candidate, workdir, _first_line(e))
+                    candidate, workdir, _restore_failed(e))
     raise CheckpointError(f'no checkpoint of {workdir!r} can be restored (steps {steps} tried)')

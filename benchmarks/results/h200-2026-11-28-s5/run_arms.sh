@@ -1,10 +1,16 @@
 #!/bin/bash
 # One device call: (1) the b1 train step after #9 (stages on their own positions),
 # (2) small.py training arms for #14, PAR at a time on the one GPU, each with eval.
-# Usage: bash .gpu/run.sh BUDGET_S PAR [smoke]
+# Usage: bash benchmarks/results/h200-2026-11-28-s5/run_arms.sh BUDGET_S PAR [smoke]
+# (carry .whl: grain, array_record, portpicker, tensorboardX, ml_collections wheels).
+# Call 2 ran this file as it is (`run_arms.sh 215 3`, eval on 64 scenes). Call 1 ran
+# `B1=1 run_arms.sh 555 8` with EXAMPLES=128 and these 16 arms: base_s0..s3,
+# steps6000_s0, steps2400_s0, igw3_s0/s1/s2 (loss.imgen_weight=3), dwide_s0/s1
+# (diffusion.width=256 depth=3), gen07_s0/s1 (data.builtin_generation=0.7),
+# pallas_s0 (model.attention=auto), igw3dwide_s0, steps2400igw3_s0.
 set -u
 budget=${1:-480}; par=${2:-8}; smoke=${3:-}
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../../.."
 out=${OUT:-/tmp/gpuout}; mkdir -p "$out"
 export PYTHONUNBUFFERED=1
 py=${PYTHON:-python3}
@@ -58,5 +64,5 @@ for arm in "${arms[@]}"; do
 done
 wait
 echo "=== arms done at $((SECONDS - start))s"
-$py .gpu/summ.py $runs/* > "$out/arms.txt" 2>&1; cat "$out/arms.txt"
+$py benchmarks/results/h200-2026-11-28-s5/summ_arms.py $runs/* > "$out/arms.txt" 2>&1; cat "$out/arms.txt"
 tar czf "$out/arms.tgz" --exclude=checkpoints --exclude=tensorboard $runs

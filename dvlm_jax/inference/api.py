@@ -87,8 +87,8 @@ class VLM:
 
   def _surprisal_masks(self, mask_ratio, seed: int, index: int) -> list[np.ndarray]:
     if not self.model.cfg.mask_token:
-      raise images_lib.Unsupported("surprisal mode needs mask tokens; this model was trained without "
-                       "(image.targets='next_patch')")
+      raise images_lib.Unsupported("surprisal mode needs mask tokens; this model was trained "
+                                   "without (image.targets='next_patch')")
     low, high = (mask_ratio, mask_ratio) if np.isscalar(mask_ratio) else mask_ratio
     # The training layout's own mask drawing, with every image partially masked.
     draw_cfg = dataclasses.replace(self.layout, share_unmasked=0.0, share_fully_masked=0.0,

@@ -235,13 +235,13 @@ class ImageGenerator:
   def _check_can_generate(self, opts: GenerationOptions):
     if not self.model.cfg.diffusion_head:
       raise Unsupported('this model has no diffusion head (model.diffusion_head=False): it '
-                       'cannot generate images')
+                        'cannot generate images')
     if self.cfg.image_targets != 'masked':
-      raise Unsupported("image.targets='next_patch' (the Janus-like baseline) generates patch by "
-                       'patch; next-scale generation needs masked targets and mask tokens')
+      raise Unsupported("image.targets='next_patch' (the Janus-like baseline) generates patch "
+                        'by patch; next-scale generation needs masked targets and mask tokens')
     if opts.self_correct and not self.model.cfg.imun_head:
       raise Unsupported('self_correct needs the imun head (model.imun_head=True): surprise is '
-                       "the imun prediction at M_k against the sample")
+                        "the imun prediction at M_k against the sample")
 
   # -- rows
   def _rows(self, documents: Sequence[Sequence]) -> dict[str, np.ndarray]:

@@ -24,6 +24,8 @@ import tensorflow_datasets as tfds
 from etils import epath
 from PIL import Image
 
+from dvlm_jax.data import splits
+
 log = logging.getLogger('dvlm_jax.data.build')
 
 # Every TFDS name gets this prefix so it can never collide with a data set that
@@ -103,6 +105,12 @@ def read_file(path: str, what: str, skips: 'SkipLog') -> bytes | None:
     skips.skip('empty file (0 bytes)', what)
     return None
   return data
+
+
+def procedural_plan(options: dict) -> dict[str, list[tuple[str, int]]]:
+  """(split, index) work items of a procedural world: `{split}_size` records per split,
+  each a pure function of (seed, split, index) (`data/splits.py`)."""
+  return {split: [(split, i) for i in range(options[f'{split}_size'])] for split in splits.SPLITS}
 
 
 def decode_text(data: bytes, what: str, skips: 'SkipLog') -> str:

@@ -38,7 +38,7 @@ class Glyphs(base.DvlmBuilder):
     base.check_positive(self.BUILDER, self.options, ['image_size'], minimum=glyphs.MIN_SIZE_PX)
 
   def _plan(self):
-    return {split: [(split, i) for i in range(self.options[f'{split}_size'])] for split in splits.SPLITS}
+    return base.procedural_plan(self.options)
 
   def _record(self, work):
     split, index = work

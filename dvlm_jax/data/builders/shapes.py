@@ -33,7 +33,7 @@ class Shapes(base.DvlmBuilder):
                              f'{self.options["max_shapes"]}')
 
   def _plan(self):
-    return {split: [(split, i) for i in range(self.options[f'{split}_size'])] for split in splits.SPLITS}
+    return base.procedural_plan(self.options)
 
   def _record(self, work):
     split, index = work

@@ -75,6 +75,8 @@ def defaults() -> ConfigDict:
   d.schedule = 'cosine'         # for eps/v: cosine | linear ; flow uses t in [0, 1]
   d.sample_steps = 32
   d.noise_samples = 1           # noise draws per position per step (MAR uses 4)
+  d.target = 'pixels'           # pixels | residual: scale k > 1 drawn as its difference from
+                                # scale k-1 upsampled (colour and layout carry over by default)
 
   c.image = i = ConfigDict()
   i.patch_size = 4              # pixels per patch side; patch_dim = patch_size**2 * 3
@@ -397,6 +399,7 @@ def validate(c: ConfigDict) -> None:
   _check(d.schedule in ('cosine', 'linear'), 'diffusion.schedule', f'cosine | linear, got {d.schedule!r}')
   _check(d.sample_steps >= 1, 'diffusion.sample_steps', 'must be >= 1')
   _check(d.noise_samples >= 1, 'diffusion.noise_samples', 'must be >= 1')
+  _check(d.target in ('pixels', 'residual'), 'diffusion.target', f'pixels | residual, got {d.target!r}')
 
   image_tokens = image_token_count(c)
   _check(c.data.seq_len >= image_tokens + 8, 'data.seq_len',

@@ -203,6 +203,32 @@ def test_k_plus_one_passes_equal_the_cache_free_reference(vlm):
   np.testing.assert_array_equal(api[1].image, fast[1].image)
 
 
+@pytest.mark.parametrize('target', ['pixels', 'residual'])
+def test_a_residual_head_draws_over_the_coarser_scale(trained, target):
+  """With the head's output zeroed and no starting noise the head draws exactly zero, so a
+  scale comes out as its base: 0 for pixel targets, the coarser scale upsampled for
+  residual ones. The coarsest scale is given (inpainting-style canvas), the rest drawn."""
+  params = jax.tree.map(lambda x: x, trained.params)
+  params['denoiser']['out'] = jax.tree.map(np.zeros_like, params['denoiser']['out'])
+  config = trained.config.copy_and_resolve_references()
+  config.diffusion.target = target
+  vlm = VLM.from_params(config, params)
+  cfg = vlm.layout
+  item = sequence.image_item(random_image(3, 30, 30), cfg,
+                             [np.arange(s * s) < 0 if k == 0 else np.ones(s * s, bool)
+                              for k, s in enumerate(cfg.scales)])
+  opts = images_lib.GenerationOptions(cfg_scale=1.0, steps=2, temperature=0.0)
+  out = vlm._images.generate(params, [['draw: x', item]],
+                             [images_lib.Canvas(item.patches, item.masks)], opts)[0]
+  np.testing.assert_array_equal(out.patches[0], item.patches[0])
+  for k in range(1, len(cfg.scales)):
+    want = (np.clip(layout.upsample(out.patches[k - 1], cfg.patch_size, cfg.scales[k]), -1, 1)
+            if target == 'residual' else np.zeros_like(out.patches[k]))
+    np.testing.assert_allclose(out.patches[k], want, atol=1e-6)
+  if target == 'residual':   # the base is not zero, so the two targets are told apart
+    assert np.abs(out.patches[-1]).max() > 0.1
+
+
 def _expected(surprises, threshold, max_tries):
   """The rule: draw again while the latest try is above the threshold; keep the minimum."""
   s = [surprises[0]]

@@ -5,6 +5,8 @@ The attention test compares the model's mask, built from the layout's
 and re-derives documents and blocks from the token ids alone.
 """
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -303,6 +305,34 @@ def test_masking_and_image_targets(shift, dual):
       first = np.flatnonzero((b['scale'] == k) & (b['copy'] == 1))[0]
       assert b['tokens'][first - 1] == tk.SCALE_BASE + k - 1 and b['scale'][first - 1] == k
       assert b['image_weights'][first - 1] == masked[first]
+
+
+@pytest.mark.parametrize('shift', [0, 1])
+def test_residual_targets_carry_the_coarser_scale_upsampled(shift):
+  cfg = make_cfg(seq_len=256, target_shift=shift, share_unmasked=0.0, share_fully_masked=1.0,
+                 imgen_residual=True)
+  assert 'image_base' in layout.batch_spec(cfg, 1)
+  assert 'image_base' not in layout.batch_spec(dataclasses.replace(cfg, imgen_residual=False), 1)
+  b = {k: v[0] for k, v in image_doc_batch(cfg, n_images=1).items()}
+  rng = np.random.default_rng(0)
+  scales = layout.resize_to_scales(rng.integers(0, 256, (13, 9, 3), dtype=np.uint8), cfg)
+  for k in (1, 2, 3):
+    m = np.flatnonzero((b['scale'] == k) & (b['copy'] == 1))
+    base = b['image_base'][m - shift]
+    if k == 1:
+      assert not base.any()
+    else:   # every pixel of scale k's base is its nearest pixel of scale k-1
+      fine = layout.unpatchify(base, cfg.patch_size)
+      coarse = layout.unpatchify(scales[k - 2], cfg.patch_size)
+      ratio = fine.shape[0] // coarse.shape[0]
+      np.testing.assert_array_equal(fine, np.repeat(np.repeat(coarse, ratio, 0), ratio, 1))
+  assert not b['image_base'][b['image_weights'] == 0].any()
+  # A flat picture leaves nothing to draw past the coarsest scale.
+  flat = np.full((12, 12, 3), 77, np.uint8)
+  flat_batch, _ = layout.make_batch([['x', flat]], cfg, TOK, np.random.default_rng(1), 1)
+  fine = (flat_batch['scale'][0] > 1) & (flat_batch['image_weights'][0] > 0)
+  residual = flat_batch['image_targets'][0] - flat_batch['image_base'][0]
+  assert fine.any() and np.abs(residual[fine]).max() < 1e-6
 
 
 def test_mask_ratio_bounds():

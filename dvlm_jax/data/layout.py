@@ -84,6 +84,7 @@ class LayoutConfig:
   share_unmasked: float = 0.1
   share_fully_masked: float = 0.1
   caption_dropout: float = 0.1
+  imgen_residual: bool = False     # diffusion.target == 'residual' (`upsampled_base`)
   # Per-row bounds of each stage's stream (`Capacities`, `CAPACITY_KEYS`); 0 = the bound
   # the layout itself implies.
   max_text_tokens: int = 0
@@ -125,6 +126,7 @@ class LayoutConfig:
         mask_ratio_max=float(i.mask_ratio_max), share_unmasked=float(i.share_unmasked),
         share_fully_masked=float(i.share_fully_masked),
         caption_dropout=float(i.caption_dropout),
+        imgen_residual=config.diffusion.target == 'residual',
         # .get: run directories written before capacities existed have no such keys.
         **{key.split('.')[1]: int(config.data.get(key.split('.')[1], 0))
            for key in CAPACITY_KEYS})
@@ -189,6 +191,8 @@ def batch_spec(cfg: LayoutConfig, batch_size: int) -> dict[str, tuple[tuple[int,
       'text_weights': ((b, l), np.float32),
       'image_targets': ((b, l, p), np.float32),
       'image_weights': ((b, l), np.float32),
+      # Residual diffusion targets: the base each image target is drawn over (`upsampled_base`).
+      **({'image_base': ((b, l, p), np.float32)} if cfg.imgen_residual else {}),
   }
 
 
@@ -258,6 +262,27 @@ def resize_to_scales(image: np.ndarray, cfg: LayoutConfig) -> list[np.ndarray]:
   return out
 
 
+def upsampled_base(scale_patches: Sequence[np.ndarray], patch_size: int) -> list[np.ndarray]:
+  """Per scale the base a residual diffusion target is drawn over: zero for the coarsest,
+  scale k-1 upsampled (nearest pixel) to scale k's grid for the others, as [s*s, patch_dim].
+
+  Nearest, not smooth: a box-shrunk picture upsampled by an integer factor gives back the
+  flat regions exactly, so the residual of a flat shape or background is zero and the
+  head only draws edges and detail; the colour comes from the coarser scale.
+  """
+  return [np.zeros_like(scale_patches[0])] + [
+      upsample(coarse, patch_size, int(round(np.sqrt(fine.shape[0]))))
+      for coarse, fine in zip(scale_patches, scale_patches[1:])]
+
+
+def upsample(patches: np.ndarray, patch_size: int, side: int) -> np.ndarray:
+  """[s*s, P] patches -> [side*side, P]: the picture upsampled to `side` patches a side
+  (nearest pixel)."""
+  pixels = unpatchify(np.asarray(patches), patch_size)
+  index = np.arange(side * patch_size) * pixels.shape[0] // (side * patch_size)
+  return patchify(pixels[index][:, index], patch_size).astype(np.asarray(patches).dtype)
+
+
 def draw_masks(cfg: LayoutConfig, rng: np.random.Generator) -> list[np.ndarray]:
   """Per scale a bool [s*s] mask of M_k (True = replaced by the mask token).
 
@@ -311,7 +336,7 @@ class _DocBuilder:
     self.images = 0
 
   def add(self, tokens, modality, positions, *, block=False, copy=0, scale=0,
-          image_id=0, is_masked=None, patches=None, pixels=None, target=None):
+          image_id=0, is_masked=None, patches=None, pixels=None, target=None, base=None):
     n = len(tokens)
     pd = self.cfg.patch_dim
     index = self.length + np.arange(n, dtype=np.int32)
@@ -329,6 +354,7 @@ class _DocBuilder:
         'patches': np.zeros((n, pd), np.float32) if patches is None else patches,
         '_pixels': pixels,            # None: no target patches in this span
         '_target': np.zeros(n, bool) if target is None else target,
+        '_base': base,                # residual targets: what each target is drawn over
     }
     self.spans.append(span)
     self.length += n
@@ -348,7 +374,10 @@ class _DocBuilder:
     self.images += 1
     t0 = float(self.t)            # <IMG> sat at t0 - 1
     finest = cfg.scales[-1]
-    for k, (s, pix, mask) in enumerate(zip(cfg.scales, scale_patches, masks), start=1):
+    bases = (upsampled_base(scale_patches, cfg.patch_size) if cfg.imgen_residual
+             else [None] * len(cfg.scales))
+    for k, (s, pix, mask, base) in enumerate(zip(cfg.scales, scale_patches, masks, bases),
+                                             start=1):
       # The marker carries the scale: with target_shift=1 it predicts the first patch.
       self.add([tok.scale_token(k)], MODALITY_TEXT, [t0, t0, t0], scale=k)
       n = s * s
@@ -362,7 +391,7 @@ class _DocBuilder:
       # No defensive copies: finish() concatenates the spans into new arrays anyway.
       self.add(np.full(n, tok.PATCH), MODALITY_IMAGE, pos, copy=COPY_MASKED,
                is_masked=mask.copy(), patches=np.where(mask[:, None], np.float32(0.0), pix),
-               target=target, **common)
+               target=target, base=base, **common)
       if cfg.dual_copy:
         self.add(np.full(n, tok.PATCH), MODALITY_IMAGE, pos, copy=COPY_UNMASKED,
                  patches=pix, **common)
@@ -372,19 +401,18 @@ class _DocBuilder:
 
   def finish(self) -> dict[str, np.ndarray]:
     doc = {k: np.concatenate([s[k] for s in self.spans]) for k in self.spans[0]
-           if k not in ('_pixels', '_target')}
+           if not k.startswith('_')}
     doc['segment_ids'] = np.ones(self.length, np.int32)
     doc['text_targets'], doc['text_weights'] = text_targets(doc['tokens'], doc['modality'])
-    doc['image_targets'], doc['image_weights'] = self._image_targets()
+    doc['image_targets'], doc['image_weights'] = self._at_predicting('_pixels')
+    if self.cfg.imgen_residual:
+      doc['image_base'], _ = self._at_predicting('_base')
     return doc
 
-  def _image_targets(self) -> tuple[np.ndarray, np.ndarray]:
-    """`image_targets` of the whole document, filled span by span.
-
-    Same result as `image_targets(concatenated pixels, concatenated targets,
-    shift)` without concatenating a full-length pixel copy first (the layout's
-    biggest memory cost).
-    """
+  def _at_predicting(self, key: str) -> tuple[np.ndarray, np.ndarray]:
+    """Each target patch's row of span field `key` placed at its predicting position
+    (patch j at j - target_shift), and the weights (1 there). Filled span by span, so no
+    full-length pixel copy is concatenated first (the layout's biggest memory cost)."""
     shift = self.cfg.target_shift
     out = np.zeros((self.length, self.cfg.patch_dim), np.float32)
     weights = np.zeros(self.length, np.float32)
@@ -393,7 +421,7 @@ class _DocBuilder:
       j = np.flatnonzero(span['_target'])
       if j.size:
         # A target patch always follows its scale marker, so offset + j - shift >= 0.
-        out[offset + j - shift] = span['_pixels'][j]
+        out[offset + j - shift] = span[key][j]
         weights[offset + j - shift] = 1.0
       offset += len(span['tokens'])
     return out, weights
@@ -408,18 +436,6 @@ def text_targets(tokens: np.ndarray, modality: np.ndarray) -> tuple[np.ndarray, 
   nxt_text[:-1] = modality[1:] == MODALITY_TEXT
   ok = (modality == MODALITY_TEXT) & nxt_text & ~tok.is_structural(nxt)
   return np.where(ok, nxt, 0).astype(np.int32), ok.astype(np.float32)
-
-
-def image_targets(pixels: np.ndarray, target: np.ndarray,
-                  shift: int) -> tuple[np.ndarray, np.ndarray]:
-  """Places the original pixels of each target patch j at its predicting position j - shift."""
-  out = np.zeros_like(pixels)
-  weights = np.zeros(len(target), np.float32)
-  j = np.flatnonzero(target)
-  # A target patch always follows its scale marker, so j - shift >= 0.
-  out[j - shift] = pixels[j]
-  weights[j - shift] = 1.0
-  return out, weights
 
 
 def encode_document(doc: Document, cfg: LayoutConfig, tokenizer: tok.ByteTokenizer,

@@ -14,7 +14,7 @@ U_k zero until sampled). K + 1 forward passes over a KV cache (`ImageSlots.passe
 
 After a pass, the diffusion head samples every patch of the scale at once from
 `imgen_cond` at the *predicting* positions (patch j from position j - target_shift, as
-`layout.image_targets` places training targets), and the sample becomes U_k.
+the training layout places `image_targets`), and the sample becomes U_k.
 
 Classifier-free guidance: the unconditional row is the same document without its text
 (`<BOS> <IMG> ...`, exactly what caption dropout trains), in the same batch; both rows
@@ -180,13 +180,15 @@ def _full(params, batch, *, model: DreamVLM, pred_at: int, size: int):
 
 @functools.partial(jax.jit, static_argnames=('model', 'objective', 'norm_pix', 'steps',
                                              'guided'))
-def _draw(params, cond, pred, given, where, key, guidance, temperature, *, model: DreamVLM,
-          objective: DiffusionObjective, norm_pix: bool, steps: int, guided: bool):
+def _draw(params, cond, pred, given, where, base, key, guidance, temperature, *,
+          model: DreamVLM, objective: DiffusionObjective, norm_pix: bool, steps: int,
+          guided: bool):
   """One sample of a scale for every image, and its surprise.
 
   cond [R, n, D] (R = 2B with guidance: conditional rows, then unconditional rows),
   pred [B, n, P] imun predictions or None, given [B, n, P] / where [B, n]: known pixels
-  and what to sample. Noise comes from one key per image (fold_in of its row index), so
+  and what to sample, base [B, n, P]: what the head's draw is added to (the coarser scale
+  upsampled for residual targets, else 0). Noise comes from one key per image (fold_in of its row index), so
   an image's sample does not depend on the batch it is in. Returns ([B, n, P], [B]).
   """
   b = given.shape[0]
@@ -202,7 +204,7 @@ def _draw(params, cond, pred, given, where, key, guidance, temperature, *, model
     return objective.sample(denoise, (c.shape[1], model.cfg.patch_dim), k, temperature, steps)
 
   x = jax.vmap(one)(pairs, keys)
-  x = jnp.where(where[..., None], jnp.clip(x, -1.0, 1.0), given)
+  x = jnp.where(where[..., None], jnp.clip(x + base, -1.0, 1.0), given)
   if pred is None:
     return x, jnp.full((b,), jnp.nan, jnp.float32)
   target = losses.normalize_patches(x) if norm_pix else x
@@ -275,12 +277,16 @@ class ImageGenerator:
       todo = np.stack([c.sample[k] for c in canvases] * copies)
       batch['patches'][:, at] = np.where(todo[..., None], 0.0, batch['patches'][:, at])
 
-    base = jax.random.key(opts.seed)
+    key = jax.random.key(opts.seed)
     passes = slots.passes()
     cache = None
     scales, surprises, tries = [], [], []
     for k in range(num_scales):
       pred_at, size = slots.predicting(k), slots.sizes[k]
+      base = np.zeros((padded, size, self.cfg.patch_dim), np.float32)
+      if self.cfg.imgen_residual and k:
+        base = np.stack([layout.upsample(x, self.cfg.patch_size, self.cfg.scales[k])
+                         for x in scales[-1]])
       if reference:
         cond, pred = _full(params, batch, model=self.model, pred_at=pred_at, size=size)
       else:
@@ -290,12 +296,12 @@ class ImageGenerator:
       x, s, t = self._sample_scale(
           params, cond, None if pred is None else pred[:padded],
           np.stack([c.given[k] for c in canvases]), np.stack([c.sample[k] for c in canvases]),
-          jax.random.fold_in(base, k), opts.guidance(k, num_scales), guided, steps, opts)
+          base, jax.random.fold_in(key, k), opts.guidance(k, num_scales), guided, steps, opts)
       at = slice(slots.fed(k), slots.fed(k) + size)
       batch['patches'][:, at] = np.concatenate([x] * copies)
       if not self.cfg.dual_copy:   # single copy: the sample replaces the mask tokens
         batch['is_masked'][:, at] = False
-      scales.append(x[:b])
+      scales.append(x)
       surprises.append(s[:b])
       tries.append(t[:b])
     if not reference:   # pass K: U_K <IMG_END>, the cache then holds the whole image
@@ -308,7 +314,8 @@ class ImageGenerator:
                                 [int(t[r]) for t in tries], [x[r] for x in scales]))
     return out
 
-  def _sample_scale(self, params, cond, pred, given, where, key, guidance, guided, steps, opts):
+  def _sample_scale(self, params, cond, pred, given, where, base, key, guidance, guided, steps,
+                    opts):
     """One scale's sample [B, n, P] (with self-correction), its surprise [B] and tries [B].
 
     Try t draws with fold_in(key, t): try 0 is the sample without self-correction. A row
@@ -316,7 +323,7 @@ class ImageGenerator:
     keeps its least surprising sample.
     """
     def draw(t):
-      x, s = _draw(params, cond, pred, given, where, jax.random.fold_in(key, t),
+      x, s = _draw(params, cond, pred, given, where, base, jax.random.fold_in(key, t),
                    jnp.float32(guidance), jnp.float32(opts.temperature), model=self.model,
                    objective=self.objective, norm_pix=self.norm_pix, steps=steps, guided=guided)
       return np.asarray(x), np.asarray(s)

@@ -123,7 +123,8 @@ class ImageSlots:
 
   def predicting(self, k: int) -> int:
     """First predicting position of scale k (0-based): patch j is decoded at j - shift,
-    so with shift 1 the first patch comes from the `<scale_k>` marker (layout.image_targets)."""
+    so with shift 1 the first patch comes from the `<scale_k>` marker (as the training
+    layout places `image_targets`)."""
     return self.masked[k] - self.shift
 
   def fed(self, k: int) -> int:

@@ -12,7 +12,8 @@ a scale weighs by its token count (the finest dominates: 64 of 84 targets with s
 coarse scales that carry the layout weigh as much as the fine ones.
 
 Image parts are also reported per scale (`imun/scale_k`, `imgen/scale_k`). The imun
-target may be per-patch normalised (MAE); the diffusion target is raw pixels. The heads
+target may be per-patch normalised (MAE); the diffusion target is raw pixels, or with
+`diffusion.target='residual'` their difference from the batch's `image_base`. The heads
 run only at their own positions (the model's `text_stream` / `image_stream`), so the
 targets, weights and scales are read there too. With MoE,
 `moe_aux` and `moe_dropped` (share of routed choices over capacity) are logged too.
@@ -126,7 +127,10 @@ def compute_loss(model: DreamVLM, params, batch, rng: jax.Array, cfg: LossConfig
   if 'imgen_cond' in out:
     cond = out['imgen_cond']
     denoise = lambda x_t, t: model.apply({'params': params}, x_t, t, cond, method=DreamVLM.denoise)
-    per_position = cfg.objective.loss(denoise, targets, rng)
+    # Residual targets (diffusion.target='residual'): the head draws the difference from
+    # the coarser scale upsampled; the imun head keeps the pixels.
+    drawn = targets - at.gather(batch['image_base']) if 'image_base' in batch else targets
+    per_position = cfg.objective.loss(denoise, drawn, rng)
     total = total + cfg.imgen_weight * _image_part('imgen', per_position, weights, scale, cfg,
                                                    metrics)
 

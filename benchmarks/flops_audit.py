@@ -38,6 +38,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from dvlm_jax import cli  # noqa: E402
 from dvlm_jax import config as cfg_lib  # noqa: E402
 from dvlm_jax.data import builtin, layout  # noqa: E402
 from dvlm_jax.model import dvlm  # noqa: E402
@@ -50,7 +51,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def parse_args(argv=None):
-  argv, overrides = cfg_lib.split_overrides(sys.argv[1:] if argv is None else argv)
+  argv, overrides = cli.split_overrides(sys.argv[1:] if argv is None else argv)
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument('--config', default=os.path.join(ROOT, 'experiments', 'b1.py'))
   p.add_argument('--rows', type=int, default=2, help='rows of the batch (data.batch_size)')

@@ -37,6 +37,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from dvlm_jax import cli  # noqa: E402
 from dvlm_jax import config as cfg_lib  # noqa: E402
 from dvlm_jax import sharding  # noqa: E402
 from dvlm_jax.data import builtin  # noqa: E402
@@ -51,7 +52,7 @@ GIB = 1 << 30
 
 
 def parse_args(argv):
-  rest, overrides = cfg_lib.split_overrides(argv)
+  rest, overrides = cli.split_overrides(argv)
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument('--config', default=os.path.join(ROOT, 'experiments', 'b1.py'))
   p.add_argument('--batch_size', type=int, default=4, help='global rows per step')

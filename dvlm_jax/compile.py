@@ -14,24 +14,22 @@ it exits 2 with one line when a device would need more than the budget.
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 import jax
 
+from dvlm_jax import cli
 from dvlm_jax import config as cfg_lib
 
 GIB = 1 << 30
 
 
 def parse_args(argv):
-  rest, overrides = cfg_lib.split_overrides(argv)
-  parser = argparse.ArgumentParser(prog='python -m dvlm_jax.compile', description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument('--config', required=True, help='experiments/NAME.py[:arg]')
+  parser = cli.parser('python -m dvlm_jax.compile', __doc__)
+  parser.add_argument('--config', required=True, help=cli.CONFIG_HELP)
   parser.add_argument('--memory_budget_gib', type=float, default=None,
                       help='fail (exit 2) when a device needs more than this')
-  return parser.parse_args(rest), overrides
+  return cli.parse(parser, argv)
 
 
 def compile_train_step(config):
@@ -86,22 +84,19 @@ def report(compiled, config, budget_gib: float | None) -> tuple[list[str], str |
   return lines, error
 
 
-def main(argv=None) -> int:
-  args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
-  try:
-    config = cfg_lib.load(args.config, overrides)
-    compiled, mesh = compile_train_step(config)
-  except cfg_lib.ConfigError as e:   # also sharding.check's mesh / divisibility lines
-    print(f'error: {e}', file=sys.stderr)
-    return 2
+def run(args, overrides) -> int:
+  config = cfg_lib.load(args.config, overrides)
+  compiled, mesh = compile_train_step(config)   # ConfigError: sharding.check's mesh lines
   lines, error = report(compiled, config, args.memory_budget_gib)
   print(f'{args.config}: {config.data.batch_size} x {config.data.seq_len} tokens per step, '
         f'mesh {dict(mesh.shape)}')
   print('\n'.join(lines))
-  if error:
-    print(f'error: {error}', file=sys.stderr)
-    return 2
-  return 0
+  return cli.fail(error) if error else 0
+
+
+def main(argv=None) -> int:
+  args, overrides = parse_args(argv)
+  return cli.guarded(lambda: run(args, overrides))
 
 
 if __name__ == '__main__':

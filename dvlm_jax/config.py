@@ -248,12 +248,6 @@ def load(spec: str, overrides: Sequence[str] = ()) -> ConfigDict:
   return config
 
 
-def split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
-  """(other arguments, overrides): `--config.a.b=v` items come back as 'a.b=v'."""
-  overrides = [a[len('--config.'):] for a in argv if a.startswith('--config.')]
-  return [a for a in argv if not a.startswith('--config.')], overrides
-
-
 def apply_overrides(config: ConfigDict, overrides: Sequence[str], *, only: str = '') -> None:
   """Applies 'a.b=value' items (typed like the existing values), then validates.
 

@@ -12,7 +12,6 @@ DIR/eval/N_ema.json, DIR/eval/N_ema/ and 'eval_ema/' scalars). Only
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sys
@@ -20,22 +19,21 @@ import time
 
 import jax
 
+from dvlm_jax import cli
 from dvlm_jax import config as cfg_lib
 
 
 def parse_args(argv):
-  rest, overrides = cfg_lib.split_overrides(argv)
-  parser = argparse.ArgumentParser(prog='python -m dvlm_jax.eval', description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = cli.parser('python -m dvlm_jax.eval', __doc__)
   parser.add_argument('--workdir', required=True, help='run directory of python -m dvlm_jax.train')
   parser.add_argument('--step', type=int, default=None, help='checkpoint step (default: newest)')
   parser.add_argument('--ema', action='store_true', help='evaluate the EMA parameters')
-  return parser.parse_args(rest), overrides
+  return cli.parse(parser, argv)
 
 
 def main(argv=None) -> int:
   logging.basicConfig(level=logging.WARNING, format='%(levelname)s %(name)s: %(message)s')
-  args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
+  args, overrides = parse_args(argv)
   from dvlm_jax.evaluation import runner
   from dvlm_jax.inference.api import VLM
   from dvlm_jax.training.checkpoints import CheckpointError
@@ -44,8 +42,7 @@ def main(argv=None) -> int:
     # The model and data are those of the run: only eval.* may change.
     cfg_lib.apply_overrides(vlm.config, overrides, only='eval.')
   except (FileNotFoundError, ValueError, CheckpointError) as e:   # ConfigError is a ValueError
-    print(f'error: {e}', file=sys.stderr)
-    return 2
+    return cli.fail(str(e))
   start = time.perf_counter()
   tag = '_ema' if args.ema else ''
   metrics = runner.evaluate(vlm, vlm.config, vlm.step, args.workdir, tag=tag)

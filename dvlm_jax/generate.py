@@ -14,17 +14,17 @@ image's size. Errors (no workdir, no checkpoint, unreadable image) end with one 
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from dvlm_jax import cli
+
 
 def parse_args(argv):
-  p = argparse.ArgumentParser(prog='python -m dvlm_jax.generate', description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p = cli.parser('python -m dvlm_jax.generate', __doc__)
   p.add_argument('--workdir', required=True, help='run directory of python -m dvlm_jax.train')
   p.add_argument('--step', type=int, default=None, help='checkpoint step (default: newest)')
   p.add_argument('--ema', action='store_true', help='restore the EMA parameters')
@@ -138,12 +138,7 @@ def run(args) -> None:
 def main(argv=None) -> int:
   from dvlm_jax.training.checkpoints import CheckpointError
   args = parse_args(sys.argv[1:] if argv is None else argv)
-  try:
-    run(args)
-  except (FileNotFoundError, ValueError, CheckpointError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 2
-  return 0
+  return cli.guarded(lambda: run(args), (FileNotFoundError, ValueError, CheckpointError))
 
 
 if __name__ == '__main__':

@@ -8,7 +8,6 @@ checkpoint), loop. Re-running the same command in the same DIR resumes where it 
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import sys
@@ -17,6 +16,7 @@ import time
 import jax
 import numpy as np
 
+from dvlm_jax import cli
 from dvlm_jax import config as cfg_lib
 from dvlm_jax import distributed, sharding
 from dvlm_jax.data import decode, layout, pipeline
@@ -34,12 +34,10 @@ class NonFiniteError(RuntimeError):
 
 def parse_args(argv):
   """--config PATH[:ARG], --workdir DIR, and any number of --config.KEY=VALUE overrides."""
-  rest, overrides = cfg_lib.split_overrides(argv)
-  parser = argparse.ArgumentParser(prog='python -m dvlm_jax.train', description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument('--config', required=True, help='experiments/NAME.py[:arg]')
+  parser = cli.parser('python -m dvlm_jax.train', __doc__)
+  parser.add_argument('--config', required=True, help=cli.CONFIG_HELP)
   parser.add_argument('--workdir', required=True, help='run directory (created; resumed)')
-  return parser.parse_args(rest), overrides
+  return cli.parse(parser, argv)
 
 
 def open_workdir(config, workdir: str) -> run_dir.Lock:
@@ -178,7 +176,7 @@ def _train(config, workdir: str, main_process: bool) -> dict[str, float]:
 def fail(message: str, code: int) -> int:
   """One line on stderr and exit now: background checkpoint threads would otherwise print
   pages of shutdown tracebacks (asyncio 'Event loop is closed') over the message."""
-  print(f'error: {message}', file=sys.stderr, flush=True)
+  cli.fail(message, code)
   sys.stdout.flush()
   logging.shutdown()
   os._exit(code)
@@ -186,20 +184,19 @@ def fail(message: str, code: int) -> int:
 
 def main(argv=None) -> int:
   logging.basicConfig(level=logging.WARNING, format='%(levelname)s %(name)s: %(message)s')
-  args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
+  args, overrides = parse_args(argv)
   try:
     config = cfg_lib.load(args.config, overrides)
   except cfg_lib.ConfigError as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 2
+    return cli.fail(str(e))
   distributed.initialize(config)
   start = time.perf_counter()
   try:
     train(config, args.workdir)
   except (pipeline.DataError, decode.TooManyBadRecords, layout.CapacityError) as e:
-    return fail(f'data: {e}', 2)
+    return fail(f'data: {e}', cli.EXIT_USAGE)
   except (run_dir.RunDirError, checkpoints.CheckpointError, cfg_lib.ConfigError) as e:
-    return fail(str(e), 2)   # ConfigError here: sharding.check's mesh / divisibility lines
+    return fail(str(e), cli.EXIT_USAGE)   # ConfigError here: sharding.check's mesh / divisibility lines
   except NonFiniteError as e:
     return fail(str(e), 3)
   if jax.process_index() == 0:

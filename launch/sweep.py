@@ -12,12 +12,12 @@ run where it stopped (the train command resumes from its workdir).
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import re
 import subprocess
 import sys
 
+from dvlm_jax import cli
 from dvlm_jax import config as cfg_lib
 
 
@@ -47,13 +47,11 @@ def run_name(point: dict) -> str:
 
 
 def expand(config_spec: str, workdir: str) -> list[Run]:
+  """The runs of the sweep `config_spec` declares; ConfigError names what is wrong."""
   path, _, arg = config_spec.partition(':')
-  try:
-    module = cfg_lib.load_experiment(path)
-  except cfg_lib.ConfigError as e:
-    raise SystemExit(f'error: {e}') from None
+  module = cfg_lib.load_experiment(path)
   if not hasattr(module, 'get_sweep'):
-    raise SystemExit(f'{path} declares no get_sweep(arg)')
+    raise cfg_lib.ConfigError(f'{path} declares no get_sweep(arg): nothing to sweep')
   runs = []
   for point in module.get_sweep(arg or None):
     point = dict(point)
@@ -64,17 +62,20 @@ def expand(config_spec: str, workdir: str) -> list[Run]:
                     f'{workdir.rstrip("/")}/{name}'))
   names = [r.name for r in runs]
   if len(set(names)) != len(names):
-    raise SystemExit(f'sweep of {path} has duplicate points: {names}')
+    raise cfg_lib.ConfigError(f'the sweep of {path} has duplicate points: {names}')
   return runs
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument('--config', required=True)
+  parser = cli.parser('python launch/sweep.py', __doc__)
+  parser.add_argument('--config', required=True, help=cli.CONFIG_HELP)
   parser.add_argument('--workdir', required=True, help='root; each run gets WORKDIR/NAME')
   parser.add_argument('--run', action='store_true', help='run the points one after another')
   args = parser.parse_args(argv)
+  return cli.guarded(lambda: run(args))
+
+
+def run(args) -> int:
   runs = expand(args.config, args.workdir)
   for r in runs:
     print(' '.join(r.command('python')))

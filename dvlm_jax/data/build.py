@@ -28,6 +28,7 @@ import time
 
 import tensorflow_datasets as tfds
 
+from dvlm_jax import cli
 from dvlm_jax.data import builders
 from dvlm_jax.data.builders import base
 
@@ -153,9 +154,7 @@ def _option_types() -> dict[str, type]:
 
 
 def make_parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(
-      prog='python -m dvlm_jax.data.build', description=__doc__.split('\n\n')[0],
-      formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = cli.parser('python -m dvlm_jax.data.build', __doc__.split('\n\n')[0])
   parser.add_argument('name', nargs='?', help='data set to build (see --list)')
   parser.add_argument('--list', action='store_true', help='list the builders and their options')
   parser.add_argument('--data_dir', help='where builds go (DATA_DIR/dvlm_NAME/VERSION)')
@@ -184,8 +183,7 @@ def main(argv: list[str] | None = None) -> int:
   try:
     result = build_dataset(args.name, args.data_dir, overwrite=args.overwrite, **options)
   except (base.SourceError, base.OptionError, AlreadyBuiltError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 2
+    return cli.fail(str(e))
   print(report(result))
   return 0
 

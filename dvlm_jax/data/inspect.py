@@ -25,6 +25,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from dvlm_jax import cli
 from dvlm_jax import config as config_lib
 from dvlm_jax.data import pipeline
 from dvlm_jax.data import layout as layout_lib
@@ -221,26 +222,9 @@ def summary(batch: dict[str, np.ndarray]) -> str:
 # ----------------------------------------------------------------------------- CLI
 
 def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
-  """Splits off `--config.a.b=v` (or `--config.a.b v`) overrides as 'a.b=v' strings."""
-  overrides, rest = [], []
-  argv = list(argv)
-  i = 0
-  while i < len(argv):
-    arg = argv[i]
-    if arg.startswith('--config.'):
-      key, sep, value = arg[len('--config.'):].partition('=')
-      if not sep:
-        if i + 1 >= len(argv):
-          raise SystemExit(f'{arg} needs a value')
-        i += 1
-        value = argv[i]
-      overrides.append(f'{key}={value}')
-    else:
-      rest.append(arg)
-    i += 1
-  parser = argparse.ArgumentParser(prog='python -m dvlm_jax.data.inspect',
-                                   description=__doc__.split('\n')[0])
-  parser.add_argument('--config', required=True, help='experiments/NAME.py[:arg]')
+  """(arguments, overrides 'a.b=v'), the data-set flags turned into overrides."""
+  parser = cli.parser('python -m dvlm_jax.data.inspect', __doc__.split('\n')[0])
+  parser.add_argument('--config', required=True, help=cli.CONFIG_HELP)
   parser.add_argument('--out', required=True, help='write the batch here (.npz)')
   parser.add_argument('--png', help='also draw one row into this PNG')
   parser.add_argument('--row', type=int, default=0, help='row of the batch to draw')
@@ -248,7 +232,7 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
   parser.add_argument('--dataset', help='a built data set (e.g. twemoji) instead of the '
                       "config's data: reads it alone through the Grain pipeline")
   parser.add_argument('--data_dir', help='where the data sets are built (data.data_dir)')
-  args = parser.parse_args(rest)
+  args, overrides = cli.parse(parser, argv)
   if args.dataset:
     overrides += ['data.source=tfds', f"data.mixture=(('{args.dataset}', 1.0),)"]
   if args.data_dir:
@@ -259,21 +243,16 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
-  try:
-    config = config_lib.load(args.config, overrides)
-  except config_lib.ConfigError as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 2
-  try:  # the train command's data path: built-in stream or the Grain pipeline
-    batch = next(pipeline.batches_for(config, process_index=0, process_count=1))
-  except (pipeline.DataError, FileNotFoundError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 2
+  args, overrides = parse_args(argv)
+  return cli.guarded(lambda: run(args, overrides), (pipeline.DataError, FileNotFoundError))
+
+
+def run(args: argparse.Namespace, overrides: list[str]) -> int:
+  config = config_lib.load(args.config, overrides)
+  # The train command's data path: built-in stream or the Grain pipeline.
+  batch = next(pipeline.batches_for(config, process_index=0, process_count=1))
   if not 0 <= args.row < batch['tokens'].shape[0]:
-    print(f'error: --row {args.row} outside the batch of {batch["tokens"].shape[0]} rows',
-          file=sys.stderr)
-    return 2
+    return cli.fail(f'--row {args.row} outside the batch of {batch["tokens"].shape[0]} rows')
   np.savez(args.out, **batch)
   print(summary(batch))
   print(f'wrote {args.out}')

@@ -3,25 +3,13 @@
 import glob
 import os
 
-import jax
-import numpy as np
 import pytest
 
 from dvlm_jax import config as cfg_lib
-from dvlm_jax.data import layout
-from dvlm_jax.model.dvlm import DreamVLM
-from dvlm_jax.model.layers import ModelConfig
+from dvlm_jax.model.dvlm import param_count
 from tests.conftest import ROOT
 
 TINY = os.path.join(ROOT, 'experiments', 'tiny.py')
-
-
-def param_count(config) -> int:
-  spec = layout.batch_spec(layout.LayoutConfig.from_config(config), 1)
-  batch = {k: jax.ShapeDtypeStruct(s, d) for k, (s, d) in spec.items()}
-  model = DreamVLM(ModelConfig.from_config(config))
-  shapes = jax.eval_shape(lambda b: model.init(jax.random.key(0), b), batch)
-  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes['params']))
 
 
 @pytest.mark.parametrize('path', sorted(glob.glob(os.path.join(ROOT, 'experiments', '*.py'))))
@@ -47,6 +35,9 @@ def test_janus_baseline_is_everything_shared_at_equal_depth():
   assert janus.model.core_layers == dream.model.core_layers + 2
   assert janus.image.attention == 'causal' and not janus.image.dual_copy
   assert len(janus.image.scales) == 1 and not janus.model.imun_head
+  # A wider shared MLP gives it the dream model's parameter count.
+  assert janus.model.mlp_dim > dream.model.mlp_dim
+  assert abs(param_count(janus) / param_count(dream) - 1) <= 0.05
 
 
 def test_overrides_are_typed():

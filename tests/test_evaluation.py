@@ -164,14 +164,16 @@ def test_summary_table_and_grid():
 
 def test_what_a_variant_cannot_do_is_recorded_as_not_applicable(tmp_path):
   """Ablations without the diffusion head or the imun head, and the Janus-like baseline,
-  evaluate: metrics they cannot be asked for are n/a with the reason, the rest is scored."""
+  evaluate: metrics they cannot be asked for are n/a with the reason, the rest is scored
+  (the baseline's generation and inpainting too, patch by patch)."""
   from dvlm_jax.inference.api import VLM
   from tests.conftest import build, image_batch
   cases = [  # (config, evaluators, n/a groups)
       (tiny_config('no_diffusion'), ('inpainting', 'shapes'), {'inpainting', 'shapes/generation'}),
       (tiny_config('no_masked_modelling'), ('masked_patch_psnr',), {'masked_patch_psnr'}),
-      (cfg_lib.janus_like(tiny_config()), ('masked_patch_psnr', 'inpainting'),
-       {'masked_patch_psnr', 'inpainting'})]
+      # The baseline generates and inpaints patch by patch: only the imun metric is n/a.
+      (cfg_lib.janus_like(tiny_config()), ('masked_patch_psnr', 'inpainting', 'shapes'),
+       {'masked_patch_psnr'})]
   for config, evaluators, expected in cases:
     config.eval.evaluators, config.eval.num_examples = evaluators, 2
     config.eval.max_new_tokens = 8
@@ -181,7 +183,10 @@ def test_what_a_variant_cannot_do_is_recorded_as_not_applicable(tmp_path):
     assert set(record['not_applicable']) == expected, record['not_applicable']
     assert all(reason for reason in record['not_applicable'].values())
     assert ('shapes' in evaluators) == ('shapes/caption/colour' in metrics)
-    assert not any(k.startswith(('inpaint/', 'shapes/generation')) for k in metrics)
+    for group, prefix in (('inpainting', 'inpaint/'), ('shapes/generation', 'shapes/generation/'),
+                          ('masked_patch_psnr', 'recon/')):
+      asked = group.split('/')[0] in evaluators
+      assert any(k.startswith(prefix) for k in metrics) == (asked and group not in expected)
     table = runner.summary_table(metrics, record['chance'], record['not_applicable'])
     assert sum(' n/a ' in line for line in table.splitlines()) == len(expected)
 

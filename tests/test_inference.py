@@ -46,10 +46,7 @@ def trained(workdir):
 @pytest.fixture(scope='module')
 def vlm(trained):
   """The trained model with every parameter perturbed (zero-initialised heads included)."""
-  leaves, tree = jax.tree.flatten(trained.params)
-  keys = jax.random.split(jax.random.key(7), len(leaves))
-  noisy = [x + 0.05 * jax.random.normal(k, x.shape, x.dtype) for x, k in zip(leaves, keys)]
-  return VLM.from_params(trained.config, jax.tree.unflatten(tree, noisy), step=trained.step)
+  return VLM.from_params(trained.config, _perturbed(trained.params), step=trained.step)
 
 
 def random_image(seed, h=20, w=30):
@@ -201,6 +198,40 @@ def test_k_plus_one_passes_equal_the_cache_free_reference(vlm):
   assert np.abs(other[0].patches[-1] - fast[0].patches[-1]).max() > 1e-2
   api = vlm.generate_images(PROMPTS, cfg_scale=3.0, cfg_schedule='linear', steps=4, seed=5)
   np.testing.assert_array_equal(api[1].image, fast[1].image)
+
+
+def _perturbed(params, seed=7):
+  """Every parameter perturbed, so that zero-initialised heads depend on their input."""
+  leaves, tree = jax.tree.flatten(params)
+  keys = jax.random.split(jax.random.key(seed), len(leaves))
+  return jax.tree.unflatten(tree, [x + 0.05 * jax.random.normal(k, x.shape, x.dtype)
+                                   for x, k in zip(leaves, keys)])
+
+
+def test_next_patch_generation_over_the_cache_equals_the_reference():
+  """The Janus-like baseline draws patch by patch, each fed as a one-token chunk over the
+  KV cache: the same patches as a full forward pass per patch; inpainting keeps every
+  unmasked pixel."""
+  from dvlm_jax import config as cfg_lib
+  from tests.conftest import build, image_batch, tiny_config
+  config = cfg_lib.janus_like(tiny_config())
+  _, params = build(config, image_batch(config))
+  vlm = VLM.from_params(config, _perturbed(params))
+  opts = images_lib.GenerationOptions(cfg_scale=3.0, steps=2, seed=5)
+  fast = vlm._images.text_to_image(vlm.params, PROMPTS, opts, 'draw: ')
+  slow = vlm._images.text_to_image(vlm.params, PROMPTS, opts, 'draw: ', reference=True)
+  assert len(vlm.layout.scales) == 1 and len(fast[0].patches) == 1
+  for f, s in zip(fast, slow):
+    np.testing.assert_allclose(f.patches[0], s.patches[0], atol=1e-4)
+    assert np.isnan(f.surprise).all() and f.tries == [1]
+  # Every patch is drawn from its own condition: the prompt and the patches before it.
+  assert np.abs(fast[0].patches[0] - fast[1].patches[0]).max() > 1e-2
+  assert np.abs(np.diff(fast[0].patches[0], axis=0)).max() > 1e-2
+  image, mask = random_image(2, 24, 24), np.zeros((24, 24), bool)
+  mask[6:14, 3:20] = True
+  out = vlm.inpaint([image], [mask], ['a star'], cfg_scale=2.0, steps=2, seed=1)[0]
+  np.testing.assert_array_equal(out[~mask], image[~mask])
+  assert np.mean(out[mask] != image[mask]) > 0.5
 
 
 @pytest.mark.parametrize('target', ['pixels', 'residual'])

@@ -31,8 +31,15 @@ Single-copy layouts (dual_copy=False) have no U_k: the sample replaces M_k's mas
 and M_k is fed again (the seed's "swap the mask tokens for the image"), so pass k starts
 at M_k instead of U_k; the cache rows of M_k are overwritten.
 
+Next-patch generation (`image.targets='next_patch'`, the Janus-like baseline, one copy):
+each scale's patches are drawn one at a time in raster order, patch j from the condition
+at the position before it (the `<scale_k>` marker for the first), and fed as a one-token
+chunk over the KV cache before patch j + 1 is drawn (`_next_patches`, one program per
+scale; guidance as above).
+
 `reference=True` recomputes the whole prefix with a full, cache-free forward pass at every
-scale instead (the slow path the tests compare the K + 1 passes against).
+scale (every patch, for next-patch generation) instead: the slow path the tests compare
+the cached passes against.
 """
 
 from __future__ import annotations
@@ -171,10 +178,11 @@ def _chunk(params, cache, batch, *, model: DreamVLM, start: int, n: int, pred_at
   return cond, pred, state['cache']
 
 
-@functools.partial(jax.jit, static_argnames=('model', 'pred_at', 'size'))
-def _full(params, batch, *, model: DreamVLM, pred_at: int, size: int):
-  """The slow reference: the whole row through the model, no cache."""
-  heads = _heads(batch['tokens'].shape[0], pred_at + np.arange(size))
+@functools.partial(jax.jit, static_argnames=('model',))
+def _full(params, batch, positions, *, model: DreamVLM):
+  """The slow reference: the whole row through the model, no cache; the conditions at
+  `positions` (an array, so that every position shares one program)."""
+  heads = {'image': jnp.broadcast_to(positions, (batch['tokens'].shape[0], positions.size))}
   return _conditions(model.apply({'params': params}, batch, heads=heads))
 
 
@@ -213,6 +221,48 @@ def _draw(params, cond, pred, given, where, base, key, guidance, temperature, *,
   return x, jnp.sum(err * w, axis=-1) / jnp.maximum(jnp.sum(w, axis=-1), 1.0)
 
 
+@functools.partial(jax.jit, static_argnames=('model', 'objective', 'start', 'first', 'size',
+                                             'steps', 'guided'), donate_argnames=('cache',))
+def _next_patches(params, cache, batch, given, where, base, key, guidance, temperature, *,
+                  model: DreamVLM, objective: DiffusionObjective, start: int, first: int,
+                  size: int, steps: int, guided: bool):
+  """One scale of next-patch generation (the Janus-like baseline) over a KV cache.
+
+  The cache holds the rows before `start` (None: nothing yet). One chunk takes it up to the
+  scale's marker at `first - 1`, whose condition draws patch 0; then every drawn patch j is
+  written into the rows at `first + j` and fed alone (a 1-token chunk), and its condition
+  draws patch j + 1. given / where / base [B, size, P] / [B, size] / [B, size, P] as in
+  `_draw`. Returns the
+  patches [B, size, P], the rows' `patches` with them written in, and the cache.
+  """
+  rows = batch['tokens'].shape[0]
+  b = given.shape[0]
+  if cache is None:
+    cache = empty_cache(model, batch)
+  at_last = lambda i: {'image': jnp.full((rows, 1), i, jnp.int32)}
+  out, state = model.apply({'params': params, 'cache': cache}, batch,
+                           chunk=(start, first - start), heads=at_last(first - 1 - start),
+                           mutable=['cache'])
+  draw = functools.partial(_draw, params, model=model, objective=objective, norm_pix=False,
+                           steps=steps, guided=guided)
+
+  def body(j, carry):
+    patches, cache, cond, drawn = carry
+    at_j = lambda a: jax.lax.dynamic_slice_in_dim(a, j, 1, axis=1)
+    x, _ = draw(cond, None, at_j(given), at_j(where), at_j(base), jax.random.fold_in(key, j),
+                guidance, temperature)
+    patches = jax.lax.dynamic_update_slice(
+        patches, jnp.concatenate([x] * (rows // b)).astype(patches.dtype), (0, first + j, 0))
+    out, state = model.apply({'params': params, 'cache': cache}, dict(batch, patches=patches),
+                             chunk=(first + j, 1), heads=at_last(0), mutable=['cache'])
+    return patches, state['cache'], out['imgen_cond'], drawn.at[:, j].set(x[:, 0])
+
+  carry = (batch['patches'], state['cache'], out['imgen_cond'],
+           jnp.zeros(given.shape, jnp.float32))
+  patches, cache, _, drawn = jax.lax.fori_loop(0, size, body, carry)
+  return drawn, patches, cache
+
+
 @functools.partial(jax.jit, static_argnames=('model', 'positions'))
 def _patch_pred(params, batch, *, model: DreamVLM, positions: tuple[int, ...]):
   """The imun head at `positions` of every row: [B, len(positions), P]."""
@@ -223,7 +273,7 @@ def _patch_pred(params, batch, *, model: DreamVLM, positions: tuple[int, ...]):
 # ------------------------------------------------------------------------- generation
 
 class ImageGenerator:
-  """Batched next-scale generation and reconstruction for one model."""
+  """Batched next-scale (or next-patch) generation and reconstruction for one model."""
 
   def __init__(self, model: DreamVLM, config, tokenizer):
     self.model = model
@@ -238,9 +288,9 @@ class ImageGenerator:
     if not self.model.cfg.diffusion_head:
       raise Unsupported('this model has no diffusion head (model.diffusion_head=False): it '
                         'cannot generate images')
-    if self.cfg.image_targets != 'masked':
-      raise Unsupported("image.targets='next_patch' (the Janus-like baseline) generates patch "
-                        'by patch; next-scale generation needs masked targets and mask tokens')
+    if self.cfg.image_targets == 'next_patch' and self.cfg.dual_copy:
+      raise Unsupported("next-patch generation (image.targets='next_patch') feeds each patch "
+                        'once: it needs image.dual_copy=False')
     if opts.self_correct and not self.model.cfg.imun_head:
       raise Unsupported('self_correct needs the imun head (model.imun_head=True): surprise is '
                         "the imun prediction at M_k against the sample")
@@ -278,17 +328,76 @@ class ImageGenerator:
       batch['patches'][:, at] = np.where(todo[..., None], 0.0, batch['patches'][:, at])
 
     key = jax.random.key(opts.seed)
+    run = self._next_patch if self.cfg.image_targets == 'next_patch' else self._next_scale
+    scales, surprises, tries = run(params, batch, slots, canvases, copies, guided, steps, key,
+                                   opts, reference)
+    out = []
+    for r in range(b):
+      images = [to_uint8(x[r], self.cfg.patch_size) for x in scales]
+      out.append(GeneratedImage(images[-1], images, [float(s[r]) for s in surprises],
+                                [int(t[r]) for t in tries], [x[r] for x in scales]))
+    return out
+
+  def _base(self, scales: list[np.ndarray], k: int, rows: int) -> np.ndarray:
+    """[rows, s_k^2, P]: what the head's draws of scale k are added to: the scale drawn
+    before it upsampled for residual targets (`diffusion.target`), else 0."""
+    if self.cfg.imgen_residual and k:
+      return np.stack([layout.upsample(x, self.cfg.patch_size, self.cfg.scales[k])
+                       for x in scales[-1]])
+    return np.zeros((rows, self.cfg.scales[k] ** 2, self.cfg.patch_dim), np.float32)
+
+  def _next_patch(self, params, batch, slots, canvases, copies, guided, steps, key, opts,
+                  reference):
+    """Every scale patch by patch in raster order (`image.targets='next_patch'`): patch j
+    from the position before it, fed before patch j + 1 is drawn. Per scale ([B', n, P]
+    samples of the padded rows, nan surprise, one try)."""
+    batch['is_masked'][:] = False    # a next-patch layout never masks: patches are fed as drawn
+    rows_b = len(canvases)
+    scales, start, cache = [], 0, None
+    for k, size in enumerate(slots.sizes):
+      first = slots.masked[k]
+      given = np.stack([c.given[k] for c in canvases])
+      where = np.stack([c.sample[k] for c in canvases])
+      guidance = jnp.float32(opts.guidance(k, len(slots.sizes)))
+      scale_key = jax.random.fold_in(key, k)
+      base = self._base(scales, k, len(canvases))
+      if reference:   # a full forward pass per patch, no cache
+        x = np.zeros(given.shape, np.float32)
+        for j in range(size):
+          cond, _ = _full(params, batch, np.asarray([first + j - 1], np.int32), model=self.model)
+          xj, _ = _draw(params, cond, None, given[:, j:j + 1], where[:, j:j + 1],
+                        base[:, j:j + 1], jax.random.fold_in(scale_key, j),
+                        guidance, jnp.float32(opts.temperature), model=self.model,
+                        objective=self.objective, norm_pix=False, steps=steps, guided=guided)
+          x[:, j] = np.asarray(xj)[:, 0]
+          batch['patches'][:, first + j] = np.concatenate([x[:, j]] * copies)
+      else:
+        x, patches, cache = _next_patches(
+            params, cache, batch, given, where, base, scale_key, guidance,
+            jnp.float32(opts.temperature), model=self.model, objective=self.objective,
+            start=start, first=first, size=size, steps=steps, guided=guided)
+        x = np.asarray(x)
+        batch['patches'] = np.array(patches)
+      start = first + size
+      scales.append(x)
+    nan = np.full(rows_b, np.nan, np.float32)
+    return scales, [nan] * len(scales), [np.ones(rows_b, np.int32)] * len(scales)
+
+  def _next_scale(self, params, batch, slots, canvases, copies, guided, steps, key, opts,
+                  reference):
+    """Every scale at once from its masked copy, K + 1 passes (the module docstring).
+    Per scale ([B', n, P] samples of the padded rows, surprise [B'], tries [B'])."""
+    num_scales = len(slots.sizes)
+    padded = len(canvases)
     passes = slots.passes()
     cache = None
     scales, surprises, tries = [], [], []
     for k in range(num_scales):
       pred_at, size = slots.predicting(k), slots.sizes[k]
-      base = np.zeros((padded, size, self.cfg.patch_dim), np.float32)
-      if self.cfg.imgen_residual and k:
-        base = np.stack([layout.upsample(x, self.cfg.patch_size, self.cfg.scales[k])
-                         for x in scales[-1]])
+      base = self._base(scales, k, padded)
       if reference:
-        cond, pred = _full(params, batch, model=self.model, pred_at=pred_at, size=size)
+        cond, pred = _full(params, batch, pred_at + np.arange(size, dtype=np.int32),
+                           model=self.model)
       else:
         start, n = passes[k]
         cond, pred, cache = _chunk(params, cache, batch, model=self.model, start=start, n=n,
@@ -302,17 +411,12 @@ class ImageGenerator:
       if not self.cfg.dual_copy:   # single copy: the sample replaces the mask tokens
         batch['is_masked'][:, at] = False
       scales.append(x)
-      surprises.append(s[:b])
-      tries.append(t[:b])
+      surprises.append(s)
+      tries.append(t)
     if not reference:   # pass K: U_K <IMG_END>, the cache then holds the whole image
       start, n = passes[-1]
       _chunk(params, cache, batch, model=self.model, start=start, n=n, pred_at=0, size=0)
-    out = []
-    for r in range(b):
-      images = [to_uint8(x[r], self.cfg.patch_size) for x in scales]
-      out.append(GeneratedImage(images[-1], images, [float(s[r]) for s in surprises],
-                                [int(t[r]) for t in tries], [x[r] for x in scales]))
-    return out
+    return scales, surprises, tries
 
   def _sample_scale(self, params, cond, pred, given, where, base, key, guidance, guided, steps,
                     opts):

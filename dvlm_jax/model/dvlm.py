@@ -20,6 +20,8 @@ layers are the core output of the whole document (docs/architecture.md).
 
 from __future__ import annotations
 
+import math
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -228,3 +230,11 @@ class DreamVLM(nn.Module):
   def denoise(self, x_t, t, cond):
     """The diffusion head alone: used by the loss and by samplers on cached conditions."""
     return self.denoiser(x_t, t, cond)
+
+
+def param_count(config) -> int:
+  """Parameters of the model `config` builds, from an abstract init (nothing allocated)."""
+  spec = layout.batch_spec(layout.LayoutConfig.from_config(config), 1)
+  batch = {k: jax.ShapeDtypeStruct(shape, dtype) for k, (shape, dtype) in spec.items()}
+  shapes = jax.eval_shape(DreamVLM(ModelConfig.from_config(config)).init, jax.random.key(0), batch)
+  return sum(int(math.prod(leaf.shape)) for leaf in jax.tree.leaves(shapes['params']))

@@ -6,6 +6,8 @@
 The optional argument names one ablation from `dvlm_jax.config.ABLATIONS`.
 """
 
+import os
+
 from dvlm_jax import config as cfg_lib
 
 
@@ -26,6 +28,18 @@ def get_config(arg=None):
   if arg:
     cfg_lib.apply_ablation(c, arg)
   return c
+
+
+def get_study(arg=None):
+  """A two-variant study on a minimal budget, used by the tests of `dvlm_jax.study`.
+
+    python -m dvlm_jax.study --config experiments/tiny.py --workdir runs/tiny_study
+  """
+  del arg
+  here = os.path.abspath(__file__)
+  return {'variants': {'dream': here, 'no_diffusion': f'{here}:no_diffusion'}, 'seeds': (0, 1),
+          'overrides': {'train.steps': 2, 'model.core_layers': 1, 'checkpoint.every': 1000,
+                        'eval.evaluators': ('text_perplexity',), 'eval.num_examples': 2}}
 
 
 def get_sweep(arg=None):

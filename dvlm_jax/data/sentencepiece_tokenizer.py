@@ -9,7 +9,7 @@ unchanged. Byte fallback keeps every unicode string encodable.
 Train one offline on the texts of built data sets:
 
   python -m dvlm_jax.data.sentencepiece_tokenizer --data_dir data --out data/tok.model \
-      [--datasets shapes,twemoji] [--vocab_size 1008]
+      [--datasets shapes,twemoji] [--vocab_size 1008] [--model_type unigram|bpe]
 
 and select it with `--config.data.tokenizer=data/tok.model`; `model.vocab_size`
 must then be at least the printed tokenizer size (pieces + 16).
@@ -17,7 +17,6 @@ must then be at least the printed tokenizer size (pieces + 16).
 
 from __future__ import annotations
 
-import argparse
 import io
 import os
 import sys
@@ -25,6 +24,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
+from dvlm_jax import cli
 from dvlm_jax.data import tokenizer as tok
 
 OFFSET = tok.BYTE_OFFSET   # ids below are the layout's special tokens
@@ -84,14 +84,23 @@ def load(spec: str):
   return SentencePieceTokenizer.from_file(spec)
 
 
-def train(texts: Iterable[str], vocab_size: int, max_texts: int = 1_000_000) -> bytes:
-  """Trains a unigram model on `texts`; returns the serialized model.
+MODEL_TYPES = ('unigram', 'bpe')
+
+
+def train(texts: Iterable[str], vocab_size: int, max_texts: int = 1_000_000,
+          model_type: str = 'unigram') -> bytes:
+  """Trains a unigram or BPE model on `texts`; returns the serialized model.
+
+  On a small closed vocabulary (the shapes world's ~40 words) BPE spends its pieces on
+  whole words, where unigram stops early with many words split into pieces.
 
   Identity normalisation and kept whitespace make decode(encode(x)) == x, which
   the captions' exact wording (the shapes evaluation parses them) relies on.
   `vocab_size` is an upper bound: a small corpus yields fewer pieces.
   """
   import sentencepiece as spm
+  if model_type not in MODEL_TYPES:
+    raise ValueError(f'--model_type: one of {MODEL_TYPES}, got {model_type!r}')
   texts = list(texts)
   # Every byte gets a fallback piece and every character seen a piece of its own.
   needed = 256 + len(set(''.join(texts))) + 1
@@ -101,7 +110,7 @@ def train(texts: Iterable[str], vocab_size: int, max_texts: int = 1_000_000) -> 
   model = io.BytesIO()
   spm.SentencePieceTrainer.train(
       sentence_iterator=iter(texts), model_writer=model, vocab_size=vocab_size,
-      model_type='unigram', byte_fallback=True, character_coverage=1.0,
+      model_type=model_type, byte_fallback=True, character_coverage=1.0,
       hard_vocab_limit=False, normalization_rule_name='identity',
       remove_extra_whitespaces=False, split_digits=True, input_sentence_size=max_texts,
       shuffle_input_sentence=True, unk_id=0, bos_id=-1, eos_id=-1, pad_id=-1,
@@ -131,9 +140,7 @@ def dataset_texts(data_dir: str, names: Iterable[str], split: str) -> Iterator[s
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(prog='python -m dvlm_jax.data.sentencepiece_tokenizer',
-                                   description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = cli.parser('python -m dvlm_jax.data.sentencepiece_tokenizer', __doc__)
   parser.add_argument('--data_dir', required=True, help='where the data sets were built')
   parser.add_argument('--out', required=True, help='the .model file to write')
   parser.add_argument('--datasets', default='',
@@ -142,25 +149,22 @@ def main(argv=None) -> int:
   parser.add_argument('--vocab_size', type=int, default=1008,
                       help='SentencePiece pieces (upper bound); the tokenizer adds 16 special ids')
   parser.add_argument('--max_texts', type=int, default=1_000_000)
+  parser.add_argument('--model_type', choices=MODEL_TYPES, default='unigram')
   args = parser.parse_args(argv)
   names = [n for n in args.datasets.split(',') if n] or built_datasets(args.data_dir)
   if not names:
-    print(f'error: no built data sets in {args.data_dir!r} '
-          '(build some with python -m dvlm_jax.data.build NAME --data_dir DIR)', file=sys.stderr)
-    return 2
+    return cli.fail(f'no built data sets in {args.data_dir!r} '
+                    '(build some with python -m dvlm_jax.data.build NAME --data_dir DIR)')
   try:
     texts = list(dataset_texts(args.data_dir, names, args.split))
   except Exception as e:  # a missing build or split: one line, not a traceback
-    print(f'error: {e}', file=sys.stderr)
-    return 2
+    return cli.fail(str(e))
   if not texts:
-    print(f'error: the data sets {names} hold no text', file=sys.stderr)
-    return 2
+    return cli.fail(f'the data sets {names} hold no text')
   try:
-    proto = train(texts, args.vocab_size, args.max_texts)
+    proto = train(texts, args.vocab_size, args.max_texts, args.model_type)
   except ValueError as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 2
+    return cli.fail(str(e))
   os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
   with open(args.out, 'wb') as f:
     f.write(proto)

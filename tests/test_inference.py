@@ -260,6 +260,20 @@ def test_a_residual_head_draws_over_the_coarser_scale(trained, target):
     assert np.abs(out.patches[-1]).max() > 0.1
 
 
+def test_flat_patches_are_not_surprising():
+  rng = np.random.default_rng(0)
+  pred = rng.normal(size=(2, 3, 12)).astype(np.float32)   # normalised predictions
+  flat = np.full((2, 3, 12), 0.4, np.float32) + 1e-4 * rng.normal(size=(2, 3, 12))
+  textured = rng.uniform(-1, 1, (2, 3, 12)).astype(np.float32)
+  where = np.ones((2, 3), bool)
+  surprise = lambda x, norm: np.asarray(images_lib.pixel_surprise(pred, x, where, norm))
+  assert surprise(flat, True).max() < 1e-5 < 0.1 < surprise(textured, True).min()
+  # In pixels: a prediction right up to the mean and spread the sample lends it is exact.
+  exact = (textured - textured.mean(-1, keepdims=True)) / textured.std(-1, keepdims=True)
+  assert np.asarray(images_lib.pixel_surprise(exact, textured, where, True)).max() < 1e-4
+  assert surprise(textured, False).min() > 0.1
+
+
 def _expected(surprises, threshold, max_tries):
   """The rule: draw again while the latest try is above the threshold; keep the minimum."""
   s = [surprises[0]]

@@ -22,8 +22,9 @@ receive the same (guided) sample, and the head's prediction is u + g (c - u) wit
 scale (constant, or linear from 1 at the coarsest to `cfg_scale` at the finest).
 
 Self-correction: the imun head's prediction at M_k (made before U_k exists) is compared
-with the sample: surprise_k = mean squared difference, against the per-patch normalised
-sample when the imun target is normalised. Above the threshold, only the diffusion head
+with the sample: surprise_k = mean squared difference in pixels (a per-patch normalised
+prediction is given the sample's mean and spread first, so flat patches are not
+surprising). Above the threshold, only the diffusion head
 runs again on the same cached conditions with new noise, up to `max_tries` samples; the
 least surprising one is kept.
 
@@ -215,10 +216,24 @@ def _draw(params, cond, pred, given, where, base, key, guidance, temperature, *,
   x = jnp.where(where[..., None], jnp.clip(x + base, -1.0, 1.0), given)
   if pred is None:
     return x, jnp.full((b,), jnp.nan, jnp.float32)
-  target = losses.normalize_patches(x) if norm_pix else x
-  err = jnp.mean(jnp.square(pred - target), axis=-1)
+  return x, pixel_surprise(pred, x, where, norm_pix)
+
+
+def pixel_surprise(pred, x, where, norm_pix: bool):
+  """[B]: mean squared difference in pixels between the imun prediction pred [B, n, P]
+  and the sample x over the sampled patches (where [B, n]).
+
+  A normalised prediction (norm_pix) has no colour or contrast of its own: it is given the
+  sample's, and the error measured in pixels. A flat patch (background) then reads as
+  unsurprising, where normalising it would blow its tiny noise up to unit variance.
+  """
+  if norm_pix:
+    err = jnp.mean(jnp.square(pred - losses.normalize_patches(x)), axis=-1) * (
+        jnp.var(x, axis=-1) + 1e-6)
+  else:
+    err = jnp.mean(jnp.square(pred - x), axis=-1)
   w = where.astype(jnp.float32)
-  return x, jnp.sum(err * w, axis=-1) / jnp.maximum(jnp.sum(w, axis=-1), 1.0)
+  return jnp.sum(err * w, axis=-1) / jnp.maximum(jnp.sum(w, axis=-1), 1.0)
 
 
 @functools.partial(jax.jit, static_argnames=('model', 'objective', 'start', 'first', 'size',

@@ -6,9 +6,16 @@ coarsest scale is the world's 3 x 3 grid and an image takes 94 tokens instead of
 rotary pairs on y and x only and the cell-position features (`model.rope_axes`,
 `model.image_pos_embed`); each scale's loss weighing the same (`loss.scale_weighting`);
 masked copies that look like generation (30 % of images fully masked, the rest 50-100 %
-of each scale); four noise draws per target for the diffusion head; rows of 256 tokens
-(about one document each, so attention does not pay for a 512 x 512 score matrix) and
-twice the steps of 8 x 512 for the same tokens.
+of each scale); four noise draws per target for the diffusion head; a BPE tokenizer of
+the world's words (`assets/shapes_bpe.model`: a caption is ~21 tokens instead of ~85
+bytes, every word one token), so one document fills a row of 136 tokens and a step of
+16 rows sees twice the documents; the fine scale drawn as its difference from the coarse
+one upsampled (`diffusion.target='residual'`).
+
+The tokenizer was trained on the built shapes set's captions (deterministic):
+
+  python -m dvlm_jax.data.sentencepiece_tokenizer --data_dir data --datasets shapes \
+      --vocab_size 380 --model_type bpe --out experiments/assets/shapes_bpe.model
 
   python -m dvlm_jax.train --config experiments/small.py --workdir runs/small
   python -m dvlm_jax.train --config experiments/small.py:single_copy --workdir runs/small_1copy
@@ -20,12 +27,15 @@ import os
 
 from dvlm_jax import config as cfg_lib
 
+TOKENIZER = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'assets', 'shapes_bpe.model')
+
 
 def get_config(arg=None):
   c = cfg_lib.apply_size(cfg_lib.defaults(), 'small')
   c.diffusion.width = 128
   c.diffusion.depth = 2
   c.diffusion.noise_samples = 4  # MAR's: 4 noise draws per image target, no measurable cost here
+  c.diffusion.target = 'residual'
   c.image.patch_size = 5
   c.image.scales = (3, 6)
   c.image.share_fully_masked = 0.3
@@ -35,8 +45,10 @@ def get_config(arg=None):
   c.model.image_pos_embed = True
   c.loss.scale_weighting = 'scale'
   c.data.mixture = (('shapes', 1.0),)
-  c.data.seq_len = 256
-  c.data.batch_size = 8
+  c.data.tokenizer = TOKENIZER
+  c.model.vocab_size = 400       # the tokenizer's 396 ids
+  c.data.seq_len = 136           # the longest document: 34 caption tokens + a 96-token image
+  c.data.batch_size = 16
   c.optim.lr = 2e-3
   c.model.remat = 'dots'        # recompute attention scores: faster on CPU, less memory
   c.optim.warmup_steps = 60
@@ -44,6 +56,7 @@ def get_config(arg=None):
   c.train.log_every = 25
   c.eval.evaluators = ('text_perplexity', 'masked_patch_psnr', 'shapes', 'inpainting')
   c.eval.num_examples = 32
+  c.eval.max_new_tokens = 48     # a caption is at most 34 tokens
   if arg:
     cfg_lib.apply_ablation(c, arg)
   return c

@@ -2,7 +2,7 @@
 
   python -m dvlm_jax.generate --workdir DIR [--step N] [--ema] --prompt TEXT --out img.png \\
       [--cfg_scale 3] [--cfg_schedule constant|linear] [--steps N] [--temperature 1] [--seed 0] \\
-      [--self_correct --threshold 0.5 --max_tries 3]
+      [--self_correct --surprise activation|pixel --threshold 0.5 --max_tries 3]
   python -m dvlm_jax.generate --workdir DIR --image PATH [--question TEXT] [--mode clean|surprisal]
   python -m dvlm_jax.generate --workdir DIR --inpaint PATH --mask PATH --out out.png [--prompt TEXT]
   python -m dvlm_jax.generate --workdir DIR --text PROMPT [--max_new_tokens 64]
@@ -47,6 +47,8 @@ def parse_args(argv):
                  help='image noise scale (default 1) or text temperature (default 0, greedy)')
   p.add_argument('--seed', type=int, default=0)
   p.add_argument('--self_correct', action='store_true')
+  p.add_argument('--surprise', choices=('activation', 'pixel'), default='activation',
+                 help='what self-correction measures (docs/inference.md)')
   p.add_argument('--threshold', type=float, default=0.5)
   p.add_argument('--max_tries', type=int, default=3)
   args = p.parse_args(argv)
@@ -108,7 +110,8 @@ def run(args) -> None:
   vlm = VLM.from_workdir(args.workdir, step=args.step, ema=args.ema)
   image_opts = dict(cfg_scale=args.cfg_scale, cfg_schedule=args.cfg_schedule, steps=args.steps,
                     temperature=1.0 if args.temperature is None else args.temperature,
-                    seed=args.seed, self_correct=args.self_correct, threshold=args.threshold,
+                    seed=args.seed, self_correct=args.self_correct, surprise=args.surprise,
+                    threshold=args.threshold,
                     max_tries=args.max_tries)
   text_opts = dict(max_new_tokens=args.max_new_tokens, seed=args.seed,
                    temperature=args.temperature or 0.0, top_k=args.top_k, top_p=args.top_p)

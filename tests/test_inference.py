@@ -291,7 +291,7 @@ def test_self_correction_resamples_exactly_past_the_threshold(vlm, monkeypatch):
     draws.append(np.asarray(s))
     return x, s
   monkeypatch.setattr(images_lib, '_draw', spy)
-  kw = dict(cfg_scale=2.0, steps=4, seed=9, self_correct=True)
+  kw = dict(cfg_scale=2.0, steps=4, seed=9, self_correct=True, surprise='pixel')
 
   always = vlm.generate_images(PROMPTS, threshold=-1.0, max_tries=3, **kw)
   assert [g.tries for g in always] == [[3, 3]] * 2
@@ -317,6 +317,32 @@ def test_self_correction_resamples_exactly_past_the_threshold(vlm, monkeypatch):
     assert g.tries[0] == tries, (r, [d[r] for d in first], threshold)
     assert g.surprise[0] == pytest.approx(best, abs=1e-6)
   assert between[0].tries[0] == (2 if s1 < s0 else 1)
+
+
+def test_activation_surprise_over_the_cache_equals_the_reference_and_calibrates(vlm):
+  """The seed's measure: the core output at M_k against U_k once the sample is fed. Each
+  try is looked at over the KV cache (only the head re-draws); the full forward pass per
+  try gives the same surprises, tries and samples. Calibration: per scale a percentile of
+  real pictures' surprise."""
+  opts = images_lib.GenerationOptions(cfg_scale=2.0, steps=2, seed=3, self_correct=True,
+                                      surprise='activation', threshold=-1.0, max_tries=2)
+  fast = vlm._images.text_to_image(vlm.params, PROMPTS, opts, 'draw: ')
+  slow = vlm._images.text_to_image(vlm.params, PROMPTS, opts, 'draw: ', reference=True)
+  for f, s in zip(fast, slow):
+    assert f.tries == s.tries == [2, 2]
+    np.testing.assert_allclose(f.surprise, s.surprise, atol=1e-5)
+    assert all(0.0 < x < 2.0 for x in f.surprise)
+    for a, b in zip(f.patches, s.patches):
+      np.testing.assert_allclose(a, b, atol=1e-4)
+  images = [random_image(i, 30, 30) for i in range(3)]
+  low = vlm.calibrate_surprise(images, PROMPTS + ['x'], percentile=0.0)
+  high = vlm.calibrate_surprise(images, PROMPTS + ['x'], percentile=100.0)
+  assert len(low) == len(vlm.layout.scales) and all(0.0 <= a <= b for a, b in zip(low, high))
+  assert any(a < b for a, b in zip(low, high))
+  # A threshold per scale: above every calibrated surprise nothing is drawn again.
+  never = vlm.generate_images(PROMPTS, cfg_scale=2.0, steps=2, seed=3, self_correct=True,
+                              threshold=tuple(h + 1.0 for h in high), max_tries=2)
+  assert [g.tries for g in never] == [[1, 1]] * 2
 
 
 def test_inpainting_keeps_unmasked_pixels_bit_identical(vlm):

@@ -99,12 +99,26 @@ class VLM:
   def generate_images(self, prompts: list[str], cfg_scale: float = 3.0,
                       cfg_schedule: str = 'constant', steps: int | None = None,
                       temperature: float = 1.0, seed: int = 0, self_correct: bool = False,
-                      threshold: float = 0.5, max_tries: int = 3) -> list[GeneratedImage]:
-    """One image per prompt, next-scale, from `'draw: ' + prompt` (the training layout)."""
+                      threshold: float | tuple[float, ...] = 0.5, max_tries: int = 3,
+                      surprise: str = 'activation') -> list[GeneratedImage]:
+    """One image per prompt, next-scale (patch by patch for the Janus-like baseline), from
+    `'draw: ' + prompt` (the training layout). With `self_correct`, a scale whose `surprise`
+    is above `threshold` (one, or one per scale: `calibrate_surprise`) is drawn again."""
     _check_texts(prompts, 'prompts')
-    opts = GenerationOptions(cfg_scale, cfg_schedule, steps, temperature, seed, self_correct,
-                             threshold, max_tries)
+    opts = GenerationOptions(cfg_scale=cfg_scale, cfg_schedule=cfg_schedule, steps=steps,
+                             temperature=temperature, seed=seed, self_correct=self_correct,
+                             surprise=surprise, threshold=threshold, max_tries=max_tries)
     return self._images.text_to_image(self.params, prompts, opts, builtin.GENERATION_PROMPT)
+
+  def calibrate_surprise(self, images: list[np.ndarray], prompts: list[str],
+                         surprise: str = 'activation', percentile: float = 90.0
+                         ) -> tuple[float, ...]:
+    """Per scale the `percentile` of the surprise of real (image, caption) pairs: a
+    self-correction threshold from the training distribution (`generate_images(...,
+    threshold=vlm.calibrate_surprise(images, captions))`)."""
+    _check_texts(prompts, 'prompts')
+    return self._images.calibrate(self.params, images, prompts, builtin.GENERATION_PROMPT,
+                                  surprise, percentile)
 
   def inpaint(self, images: list[np.ndarray], masks: list[np.ndarray],
               prompts: list[str] | None = None, **options) -> list[np.ndarray]:
@@ -112,7 +126,7 @@ class VLM:
 
     Unmasked pixels of the result are the input's, bit for bit. `options`: those of
     generate_images (cfg_scale, cfg_schedule, steps, temperature, seed, self_correct,
-    threshold, max_tries); guidance needs prompts (the unconditional row drops them).
+    threshold, max_tries, surprise); guidance needs prompts (the unconditional row drops them).
     """
     if prompts is not None:
       _check_texts(prompts, 'prompts')

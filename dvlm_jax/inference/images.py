@@ -21,12 +21,16 @@ Classifier-free guidance: the unconditional row is the same document without its
 receive the same (guided) sample, and the head's prediction is u + g (c - u) with g per
 scale (constant, or linear from 1 at the coarsest to `cfg_scale` at the finest).
 
-Self-correction: the imun head's prediction at M_k (made before U_k exists) is compared
-with the sample: surprise_k = mean squared difference in pixels (a per-patch normalised
-prediction is given the sample's mean and spread first, so flat patches are not
-surprising). Above the threshold, only the diffusion head
-runs again on the same cached conditions with new noise, up to `max_tries` samples; the
-least surprising one is kept.
+Self-correction (`self_correct`): after a scale is drawn, its surprise is measured; above
+the threshold (one, or one per scale from `calibrate`: a percentile of real pictures'
+surprise), only the diffusion head runs again on the same cached conditions with new
+noise, up to `max_tries` samples; the least surprising one is kept. `surprise`:
+  activation  the seed's: 1 - cosine between the core output at each M_k position (before
+              the sample) and at its U_k position with the sample fed, averaged over the
+              scale; each try's U_k is fed over the cache and only looked at (`_probe`)
+  pixel       the imun head's prediction at M_k against the sample, mean squared
+              difference in pixels (a per-patch normalised prediction is given the
+              sample's mean and spread first, so flat patches are not surprising)
 
 Single-copy layouts (dual_copy=False) have no U_k: the sample replaces M_k's mask tokens
 and M_k is fed again (the seed's "swap the mask tokens for the image"), so pass k starts
@@ -64,6 +68,7 @@ from dvlm_jax.model.dvlm import DreamVLM
 from dvlm_jax.training import losses
 
 PREFIX_QUANTUM = 16     # text before the image is padded to a multiple of this (fewer shapes)
+SURPRISES = ('activation', 'pixel')
 
 
 class Unsupported(ValueError):
@@ -79,7 +84,8 @@ class GenerationOptions:
   temperature: float = 1.0           # scales the starting noise
   seed: int = 0
   self_correct: bool = False
-  threshold: float = 0.5
+  surprise: str = 'activation'       # activation | pixel (what self-correction measures)
+  threshold: float | tuple[float, ...] = 0.5   # one, or one per scale (`calibrate`)
   max_tries: int = 3
 
   def __post_init__(self):
@@ -91,6 +97,14 @@ class GenerationOptions:
       raise ValueError(f'temperature must be >= 0, got {self.temperature}')
     if self.max_tries < 1:
       raise ValueError(f'max_tries must be >= 1, got {self.max_tries}')
+    if self.surprise not in SURPRISES:
+      raise ValueError(f'surprise: one of {SURPRISES}, got {self.surprise!r}')
+
+  def threshold_at(self, k: int) -> float:
+    """The self-correction threshold of scale k (0-based)."""
+    if isinstance(self.threshold, (tuple, list)):
+      return float(self.threshold[k])
+    return float(self.threshold)
 
   def guidance(self, k: int, num_scales: int) -> float:
     """Guidance scale of scale k (0-based)."""
@@ -167,16 +181,46 @@ def _conditions(out):
 def _chunk(params, cache, batch, *, model: DreamVLM, start: int, n: int, pred_at: int,
            size: int):
   """One cached pass over [start, start + n) (cache None: a new one, for pass 0); returns
-  the conditions and imun predictions at the next scale's predicting positions, and the cache."""
+  the conditions and imun predictions at the next scale's predicting positions, the core
+  output of the chunk's last `size` positions (M_k, whose scale comes next) and the cache."""
   if cache is None:
     cache = empty_cache(model, batch)
   heads = _heads(batch['tokens'].shape[0], pred_at - start + np.arange(size))
   out, state = model.apply({'params': params, 'cache': cache}, batch, chunk=(start, n),
-                           heads=heads, mutable=['cache'])
+                           heads=heads, mutable=['cache'], return_hidden=True)
   if size == 0:
-    return None, None, state['cache']
+    return None, None, None, state['cache']
   cond, pred = _conditions(out)
-  return cond, pred, state['cache']
+  return cond, pred, out['hidden']['core'][:, n - size:], state['cache']
+
+
+@functools.partial(jax.jit, static_argnames=('model', 'start', 'n'))
+def _probe(params, cache, batch, *, model: DreamVLM, start: int, n: int):
+  """The core output [B, n, D] of [start, start + n) fed over the cache; the cache itself
+  is left as it was (not donated): the rows are only looked at, not kept."""
+  out, _ = model.apply({'params': params, 'cache': cache}, batch, chunk=(start, n), heads={},
+                       mutable=['cache'], return_hidden=True)
+  return out['hidden']['core']
+
+
+@functools.partial(jax.jit, static_argnames=('model',))
+def _core_at(params, batch, positions, *, model: DreamVLM):
+  """The slow reference of the two above: the core output [B, n, D] at `positions` of a
+  full forward pass, no cache."""
+  out = model.apply({'params': params}, batch, heads={}, return_hidden=True)
+  return jnp.take(out['hidden']['core'], positions, axis=1)
+
+
+def activation_surprise(before, after, where) -> jax.Array:
+  """[B]: how much feeding a scale's sample moved the model: 1 - cosine between the core
+  output at each M_k position (before the sample exists) and at its U_k position (the
+  sample fed), averaged over the sampled patches (where [B, n]). The seed's measure: the
+  prediction at M_k against what the model makes of the actual image at U_k."""
+  before, after = before.astype(jnp.float32), after.astype(jnp.float32)
+  cos = jnp.sum(before * after, -1) * jax.lax.rsqrt(
+      jnp.sum(before * before, -1) * jnp.sum(after * after, -1) + 1e-12)
+  w = jnp.asarray(where, jnp.float32)
+  return jnp.sum((1.0 - cos) * w, axis=-1) / jnp.maximum(jnp.sum(w, axis=-1), 1.0)
 
 
 @functools.partial(jax.jit, static_argnames=('model',))
@@ -306,9 +350,12 @@ class ImageGenerator:
     if self.cfg.image_targets == 'next_patch' and self.cfg.dual_copy:
       raise Unsupported("next-patch generation (image.targets='next_patch') feeds each patch "
                         'once: it needs image.dual_copy=False')
-    if opts.self_correct and not self.model.cfg.imun_head:
-      raise Unsupported('self_correct needs the imun head (model.imun_head=True): surprise is '
+    if opts.self_correct and opts.surprise == 'pixel' and not self.model.cfg.imun_head:
+      raise Unsupported("surprise='pixel' needs the imun head (model.imun_head=True): it is "
                         "the imun prediction at M_k against the sample")
+    if opts.self_correct and self.cfg.image_targets == 'next_patch':
+      raise Unsupported('self-correction re-draws a whole scale; next-patch generation draws '
+                        'one patch at a time')
 
   # -- rows
   def _rows(self, documents: Sequence[Sequence]) -> dict[str, np.ndarray]:
@@ -410,21 +457,31 @@ class ImageGenerator:
     for k in range(num_scales):
       pred_at, size = slots.predicting(k), slots.sizes[k]
       base = self._base(scales, k, padded)
+      own = slots.masked[k] + np.arange(size, dtype=np.int32)
+      fed = slots.fed(k) + np.arange(size, dtype=np.int32)
       if reference:
         cond, pred = _full(params, batch, pred_at + np.arange(size, dtype=np.int32),
                            model=self.model)
+        before = _core_at(params, batch, own, model=self.model)
       else:
         start, n = passes[k]
-        cond, pred, cache = _chunk(params, cache, batch, model=self.model, start=start, n=n,
-                                   pred_at=pred_at, size=size)
+        cond, pred, before, cache = _chunk(params, cache, batch, model=self.model, start=start,
+                                           n=n, pred_at=pred_at, size=size)
+      where = np.stack([c.sample[k] for c in canvases])
+
+      def activation(x, k=k, fed=fed, before=before, cache=cache):
+        """The activation surprise of sample x: its U_k fed over the cache (only looked at)."""
+        rows = self._fed(batch, fed, x, copies)
+        after = (_core_at(params, rows, fed, model=self.model) if reference else
+                 _probe(params, cache, rows, model=self.model, start=int(fed[0]), n=len(fed)))
+        return np.asarray(activation_surprise(before[:padded], after[:padded], where))
+
+      measure = activation if opts.self_correct and opts.surprise == 'activation' else None
       x, s, t = self._sample_scale(
           params, cond, None if pred is None else pred[:padded],
-          np.stack([c.given[k] for c in canvases]), np.stack([c.sample[k] for c in canvases]),
-          base, jax.random.fold_in(key, k), opts.guidance(k, num_scales), guided, steps, opts)
-      at = slice(slots.fed(k), slots.fed(k) + size)
-      batch['patches'][:, at] = np.concatenate([x] * copies)
-      if not self.cfg.dual_copy:   # single copy: the sample replaces the mask tokens
-        batch['is_masked'][:, at] = False
+          np.stack([c.given[k] for c in canvases]), where, base, jax.random.fold_in(key, k),
+          opts.guidance(k, num_scales), guided, steps, opts, opts.threshold_at(k), measure)
+      batch.update(self._fed(batch, fed, x, copies))
       scales.append(x)
       surprises.append(s)
       tries.append(t)
@@ -433,26 +490,37 @@ class ImageGenerator:
       _chunk(params, cache, batch, model=self.model, start=start, n=n, pred_at=0, size=0)
     return scales, surprises, tries
 
+  def _fed(self, batch, fed, x, copies) -> dict[str, np.ndarray]:
+    """The rows with sample x [B', n, P] written where it is fed (U_k, or M_k itself in a
+    single-copy layout, whose mask tokens it replaces); `batch` is not changed."""
+    rows = {'patches': batch['patches'].copy(), 'is_masked': batch['is_masked'].copy()}
+    rows['patches'][:, fed] = np.concatenate([x] * copies)
+    if not self.cfg.dual_copy:
+      rows['is_masked'][:, fed] = False
+    return dict(batch, **rows)
+
   def _sample_scale(self, params, cond, pred, given, where, base, key, guidance, guided, steps,
-                    opts):
+                    opts, threshold, measure=None):
     """One scale's sample [B, n, P] (with self-correction), its surprise [B] and tries [B].
 
     Try t draws with fold_in(key, t): try 0 is the sample without self-correction. A row
     draws again while its latest try is above the threshold (and tries are left), and
-    keeps its least surprising sample.
+    keeps its least surprising sample. `measure(x) -> [B]` is the activation surprise
+    (None: the pixel surprise `_draw` returns).
     """
     def draw(t):
       x, s = _draw(params, cond, pred, given, where, base, jax.random.fold_in(key, t),
                    jnp.float32(guidance), jnp.float32(opts.temperature), model=self.model,
                    objective=self.objective, norm_pix=self.norm_pix, steps=steps, guided=guided)
-      return np.asarray(x), np.asarray(s)
+      x = np.asarray(x)
+      return x, np.asarray(s) if measure is None else measure(x)
 
     best, best_s = draw(0)
     has_work = where.any(axis=-1)
     tries = has_work.astype(np.int32)
     if not opts.self_correct:
       return best, best_s, tries
-    active = has_work & (best_s > opts.threshold)
+    active = has_work & (best_s > threshold)
     for t in range(1, opts.max_tries):
       if not active.any():
         break
@@ -461,8 +529,52 @@ class ImageGenerator:
       better = active & (s < best_s)
       best = np.where(better[:, None, None], x, best)
       best_s = np.where(better, s, best_s)
-      active &= s > opts.threshold
+      active &= s > threshold
     return best, best_s, tries
+
+  def calibrate(self, params, images: Sequence[np.ndarray], prompts: Sequence[str], prefix: str,
+                surprise: str = 'activation', percentile: float = 90.0) -> tuple[float, ...]:
+    """Per scale, the `percentile` of the surprise of real images: the self-correction
+    threshold drawn from the training distribution instead of a constant.
+
+    Each image is teacher-forced as generation sees it (the prompt, every scale before k
+    known, scale k masked), then fed the real scale k: a sample is re-drawn when it
+    surprises the model more than (100 - percentile) % of real pictures do.
+    """
+    if surprise not in SURPRISES:
+      raise ValueError(f'surprise: one of {SURPRISES}, got {surprise!r}')
+    if not 0.0 <= percentile <= 100.0:
+      raise ValueError(f'percentile must lie in [0, 100], got {percentile}')
+    if len(images) != len(prompts) or not images:
+      raise ValueError(f'calibrate: {len(images)} images, {len(prompts)} prompts (need >= 1 each)')
+    self._check_can_generate(GenerationOptions(self_correct=True, surprise=surprise))
+    padded = text_lib.row_bucket(len(images))
+    items = [sequence.image_item(image, self.cfg) for image in text_lib.pad_rows(images, padded)]
+    docs = [[prefix + p, it] for p, it in zip(text_lib.pad_rows(prompts, padded), items)]
+    thresholds = []
+    for k, size in enumerate(s * s for s in self.cfg.scales):
+      # Scales before k known, k on masked: what generating scale k sees.
+      masked = [sequence.ImageItem(it.patches, tuple(np.full(len(p), j >= k)
+                                                     for j, p in enumerate(it.patches)))
+                for it in items]
+      batch = self._rows([[d[0], m] for d, m in zip(docs, masked)])
+      slots = sequence.image_slots(batch, self.cfg.target_shift)
+      for j in range(k, len(self.cfg.scales)):   # nothing not yet drawn is visible
+        batch['patches'][:, slots.fed(j) + np.arange(slots.sizes[j])] = 0.0
+      own = slots.masked[k] + np.arange(size, dtype=np.int32)
+      fed = slots.fed(k) + np.arange(size, dtype=np.int32)
+      truth = np.stack([it.patches[k] for it in items])
+      where = np.ones((padded, size), bool)
+      if surprise == 'activation':
+        before = _core_at(params, batch, own, model=self.model)
+        after = _core_at(params, self._fed(batch, fed, truth, 1), fed, model=self.model)
+        values = activation_surprise(before, after, where)
+      else:
+        _, pred = _full(params, batch, slots.predicting(k) + np.arange(size, dtype=np.int32),
+                        model=self.model)
+        values = pixel_surprise(pred, truth, where, self.norm_pix)
+      thresholds.append(float(np.percentile(np.asarray(values)[:len(images)], percentile)))
+    return tuple(thresholds)
 
   # -- public entry points
   def text_to_image(self, params, prompts: Sequence[str], opts: GenerationOptions,

@@ -165,17 +165,21 @@ def test_summary_table_and_grid():
 def test_what_a_variant_cannot_do_is_recorded_as_not_applicable(tmp_path):
   """Ablations without the diffusion head or the imun head, and the Janus-like baseline,
   evaluate: metrics they cannot be asked for are n/a with the reason, the rest is scored
-  (the baseline's generation and inpainting too, patch by patch)."""
+  (the baseline's generation and inpainting too, patch by patch). With eval.self_correct
+  the dream model also generates with calibrated self-correction; the baseline cannot."""
   from dvlm_jax.inference.api import VLM
   from tests.conftest import build, image_batch
   cases = [  # (config, evaluators, n/a groups)
       (tiny_config('no_diffusion'), ('inpainting', 'shapes'), {'inpainting', 'shapes/generation'}),
       (tiny_config('no_masked_modelling'), ('masked_patch_psnr',), {'masked_patch_psnr'}),
-      # The baseline generates and inpaints patch by patch: only the imun metric is n/a.
+      # The baseline generates and inpaints patch by patch: only the imun metric and the
+      # re-drawing of whole scales are n/a.
       (cfg_lib.janus_like(tiny_config()), ('masked_patch_psnr', 'inpainting', 'shapes'),
-       {'masked_patch_psnr'})]
+       {'masked_patch_psnr', 'shapes/generation_sc'}),
+      (tiny_config(), ('shapes',), set())]
   for config, evaluators, expected in cases:
     config.eval.evaluators, config.eval.num_examples = evaluators, 2
+    config.eval.self_correct = True
     config.eval.max_new_tokens = 8
     _, params = build(config, image_batch(config))
     metrics = runner.evaluate(VLM.from_params(config, params), config, 0, str(tmp_path))
@@ -184,9 +188,15 @@ def test_what_a_variant_cannot_do_is_recorded_as_not_applicable(tmp_path):
     assert all(reason for reason in record['not_applicable'].values())
     assert ('shapes' in evaluators) == ('shapes/caption/colour' in metrics)
     for group, prefix in (('inpainting', 'inpaint/'), ('shapes/generation', 'shapes/generation/'),
-                          ('masked_patch_psnr', 'recon/')):
+                          ('masked_patch_psnr', 'recon/'),
+                          ('shapes/generation_sc', 'shapes/generation_sc/')):
       asked = group.split('/')[0] in evaluators
-      assert any(k.startswith(prefix) for k in metrics) == (asked and group not in expected)
+      # (self-corrected generation also waits on plain generation)
+      possible = asked and group not in expected and 'shapes/generation' not in expected
+      assert any(k.startswith(prefix) for k in metrics) == possible, (group, sorted(metrics))
+    if 'shapes/generation_sc/resampled' in metrics:
+      assert 0.0 <= metrics['shapes/generation_sc/resampled'] <= 1.0
+      assert 'shapes/generation_sc/threshold_2' in metrics
     table = runner.summary_table(metrics, record['chance'], record['not_applicable'])
     assert sum(' n/a ' in line for line in table.splitlines()) == len(expected)
 

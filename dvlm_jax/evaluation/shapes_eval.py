@@ -142,6 +142,8 @@ class ShapesEval(Evaluator):
   def __init__(self, config):
     super().__init__(config)
     self.max_new_tokens = int(config.eval.max_new_tokens)
+    self.self_correct = bool(config.eval.self_correct)
+    self.surprise_percentile = float(config.eval.surprise_percentile)
     self.image_px = builtin.image_size(config)   # what generation draws
 
   def _batches(self, items):
@@ -163,6 +165,12 @@ class ShapesEval(Evaluator):
       metrics.update(self._generation(vlm, scenes))
     except Unsupported as e:   # e.g. a variant without the diffusion head
       self.not_applicable['shapes/generation'] = str(e)
+      return metrics
+    if self.self_correct:
+      try:
+        metrics.update(self._self_corrected(vlm, scenes))
+      except Unsupported as e:   # e.g. the baseline, which draws patch by patch
+        self.not_applicable['shapes/generation_sc'] = str(e)
     return metrics
 
   def _random_scenes(self, index: int):
@@ -188,13 +196,27 @@ class ShapesEval(Evaluator):
     self.chance.update(chance.rates('shapes/caption'))
     return tally.rates('shapes/caption')
 
-  def _generation(self, vlm, scenes) -> dict[str, float]:
+  def _self_corrected(self, vlm, scenes) -> dict[str, float]:
+    """Generation again with self-correction, its thresholds the `surprise_percentile` of
+    the surprise of training pictures with their captions; `resampled`: the share of
+    (image, scale) draws that were drawn again."""
+    train = self.heldout.scenes('train', self.n)
+    thresholds = vlm.calibrate_surprise([image for _, image in train],
+                                        [shapes.caption(label) for label, _ in train],
+                                        percentile=self.surprise_percentile)
+    metrics = self._generation(vlm, scenes, prefix='shapes/generation_sc', self_correct=True,
+                               threshold=thresholds, max_tries=3)
+    for k, value in enumerate(thresholds):
+      metrics[f'shapes/generation_sc/threshold_{k + 1}'] = value
+    return metrics
+
+  def _generation(self, vlm, scenes, prefix: str = 'shapes/generation',
+                  **correction) -> dict[str, float]:
     prompts = [shapes.caption(label) for label, _ in scenes]
     generated = []
     for seed, chunk in self._batches(prompts):
       generated += vlm.generate_images(list(chunk), cfg_scale=self.cfg_scale, steps=self.steps,
-                                       temperature=self.temperature,
-                                       seed=seed)
+                                       temperature=self.temperature, seed=seed, **correction)
     tally, chance = Tally(), Tally()
     grid = Grid(('truth',) + tuple(f'scale {k + 1}' for k in range(len(generated[0].scales))))
     for i, ((label, _), prompt, out) in enumerate(zip(scenes, prompts, generated)):
@@ -206,9 +228,12 @@ class ShapesEval(Evaluator):
         read = ', '.join(shapes.describe(s) for s in found) or 'nothing'
         grid.add(f'prompt: {prompt}  detected: {read}',
                  [shapes.render(label, self.image_px)] + list(out.scales))
-    self.grids['generation'] = grid
-    self.chance.update(chance.rates('shapes/generation'))
-    return tally.rates('shapes/generation')
+    self.grids[prefix.split('/')[-1]] = grid
+    self.chance.update(chance.rates(prefix))
+    rates = tally.rates(prefix)
+    if correction:
+      rates[f'{prefix}/resampled'] = float(np.mean([t > 1 for g in generated for t in g.tries]))
+    return rates
 
 
 class GlyphsEval(ShapesEval):

@@ -132,8 +132,14 @@ def run(args) -> None:
   elif args.image:
     questions = None if args.question is None else [args.question]
     text_opts.pop('max_new_tokens')
-    print(vlm.describe([image], questions, mode=args.mode, max_new_tokens=args.max_new_tokens,
-                       **text_opts)[0])
+    out = vlm.describe([image], questions, mode=args.mode, max_new_tokens=args.max_new_tokens,
+                       with_surprise=args.mode == 'surprisal', **text_opts)[0]
+    if args.mode == 'surprisal':   # the caption, then how much each scale surprised the model
+      text, surprise = out
+      print(text)
+      print('surprise per scale ' + ' '.join(f'{x:.4f}' for x in surprise))
+    else:
+      print(out)
   else:
     print(vlm.generate_text([args.text], **text_opts)[0])
 

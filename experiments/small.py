@@ -75,7 +75,9 @@ def get_study(arg=None):
   variants = {'dream': here, **{name: f'{here}:{name}' for name in sorted(cfg_lib.ABLATIONS)},
               'janus': os.path.join(os.path.dirname(here), 'janus.py') + ':small'}
   return {'variants': variants, 'reference': 'dream', 'seeds': (0, 1),
-          'overrides': {'train.steps': 300, 'eval.num_examples': 32},
+          'overrides': {'train.steps': 300, 'eval.num_examples': 32,
+                        'eval.evaluators': ('text_perplexity', 'masked_patch_psnr', 'shapes',
+                                            'inpainting', 'surprisal')},
           'chart': ('shapes/caption/colour', 'shapes/caption/position',
                     'shapes/generation/colour', 'shapes/generation/position',
                     'text/perplexity')}

@@ -19,7 +19,7 @@ import pytest
 from dvlm_jax import config as cfg_lib
 from dvlm_jax import evaluation
 from dvlm_jax.data import glyphs, shapes, splits
-from dvlm_jax.evaluation import detector, grid, heldout, runner, shapes_eval
+from dvlm_jax.evaluation import detector, grid, heldout, runner, shapes_eval, surprisal
 from tests.conftest import ROOT, tiny_config
 
 TINY = os.path.join(ROOT, 'experiments', 'tiny.py')
@@ -128,6 +128,20 @@ def test_built_records_are_the_computed_ones(tmp_path):
   assert [s for s, _ in builtin_scenes] == [splits.scene_for(0, 'test', i, 2)
                                             for i in range(3)]
   assert builtin_scenes[0][1].shape == (16, 16, 3)   # the tiny model's finest scale
+
+
+def test_scene_edits_and_auroc():
+  rng = np.random.default_rng(0)
+  scene = shapes.Scene((shapes.Shape('circle', 'red', 'small', 'top', 'left'),
+                        shapes.Shape('square', 'blue', 'large', 'bottom', 'right')), 'above')
+  recoloured = surprisal.edit_scene(scene, 'recolour', rng)
+  assert recoloured.shapes[0].colour != 'red' and recoloured.shapes[1:] == scene.shapes[1:]
+  moved = surprisal.edit_scene(scene, 'move', rng)
+  assert moved.shapes[0].cell not in {s.cell for s in scene.shapes} and moved.relation is None
+  assert surprisal.edit_scene(scene, 'remove', rng).shapes == scene.shapes[1:]
+  assert surprisal.edit_scene(shapes.Scene(scene.shapes[:1]), 'remove', rng) is None
+  assert surprisal.auroc([3, 4], [1, 2]) == 1.0 and surprisal.auroc([1, 2], [3, 4]) == 0.0
+  assert surprisal.auroc([1, 2], [1, 2]) == 0.5
 
 
 def test_eval_config_is_validated():
@@ -277,6 +291,11 @@ def test_every_evaluator_reports_its_metrics(run_dir):
   for name in ('glyph', 'kind', 'colour', 'both', 'unparseable'):
     assert 0 <= metrics[f'shapes/glyphs/{name}'] <= 1
   assert chance['shapes/glyphs/glyph'] == 1 / 36
+  # SurprisalAUROC: an AUROC per edit, chance 0.5.
+  for kind in surprisal.EDITS:
+    assert 0 <= metrics[f'surprisal/auroc_{kind}'] <= 1
+    assert chance[f'surprisal/auroc_{kind}'] == 0.5
+  assert metrics['surprisal/clean'] > 0
   # InpaintingError: pixels outside the mask are untouched.
   assert metrics['inpaint/outside_changed'] == 0
   assert 0 < metrics['inpaint/psnr'] < 60 and 0 <= metrics['inpaint/shape_recovered'] <= 1

@@ -14,4 +14,5 @@ EVALUATORS = {
     'shapes': 'caption and generation accuracy per attribute on shapes scenes',
     'glyphs': 'letter and small-shape accuracy of captions of glyph pictures',
     'inpainting': 'MSE/PSNR inside an inpainted region, unchanged pixels outside',
+    'surprisal': 'AUROC of the surprise of pictures edited against their caption vs clean ones',
 }

@@ -36,6 +36,7 @@ from dvlm_jax.evaluation import grid as grid_lib
 from dvlm_jax.evaluation.inpainting import InpaintingError
 from dvlm_jax.evaluation.reconstruction import MaskedPatchPSNR
 from dvlm_jax.evaluation.shapes_eval import GlyphsEval, ShapesEval
+from dvlm_jax.evaluation.surprisal import SurprisalAUROC
 from dvlm_jax.evaluation.text_perplexity import TextPerplexity
 from dvlm_jax.inference.images import Unsupported
 
@@ -46,6 +47,7 @@ EVALUATOR_CLASSES = {
     'shapes': ShapesEval,
     'glyphs': GlyphsEval,
     'inpainting': InpaintingError,
+    'surprisal': SurprisalAUROC,
 }
 
 

@@ -61,8 +61,10 @@ class VLM:
 
   def describe(self, images: list[np.ndarray], questions: list[str] | None = None,
                mode: str = 'clean', max_new_tokens: int = 64, seed: int = 0,
-               mask_ratio: float | tuple[float, float] = (0.25, 0.75), **sampling) -> list[str]:
+               mask_ratio: float | tuple[float, float] = (0.25, 0.75),
+               with_surprise: bool = False, **sampling) -> list:
     """Text after each image (a caption), or after the image and its question (an answer).
+    In surprisal mode with `with_surprise`, (text, surprise per scale) pairs (`surprise`).
 
     mode 'clean': every M_k unmasked. 'surprisal' (the seed): M_k masked at a ratio drawn
     per scale from `mask_ratio` (a float or a (min, max) range; masks seeded by `seed`),
@@ -83,7 +85,28 @@ class VLM:
         doc.append(questions[i])
       docs.append(doc)
     options = text_lib.Sampling(seed=seed, **sampling)
-    return self._text.decode(self.params, docs, max_new_tokens, options).texts
+    texts = self._text.decode(self.params, docs, max_new_tokens, options).texts
+    if mode == 'surprisal' and with_surprise:
+      surprise = self._images.surprisal(self.params, [d[:1] for d in docs])
+      return [(t, [float(x) for x in s]) for t, s in zip(texts, surprise)]
+    return texts
+
+  def surprise(self, images: list[np.ndarray], prompts: list[str] | None = None,
+               mask_ratio: float | tuple[float, float] = (0.25, 0.75), seed: int = 0
+               ) -> np.ndarray:
+    """[N, K]: how much each picture surprises the model, per scale (surprisal mode's masks,
+    the same for a given `seed` and index): the core output where M_k is masked against U_k
+    (`ImageGenerator.surprisal`). With `prompts`, each picture follows its text
+    (`prompt` then the image), so a picture that contradicts its text reads as surprising."""
+    if prompts is not None:
+      _check_texts(prompts, 'prompts')
+      if len(prompts) != len(images):
+        raise ValueError(f'{len(images)} images but {len(prompts)} prompts')
+    docs = []
+    for i, image in enumerate(images):
+      item = sequence.image_item(image, self.layout, self._surprisal_masks(mask_ratio, seed, i))
+      docs.append([item] if prompts is None else [prompts[i], item])
+    return self._images.surprisal(self.params, docs)
 
   def _surprisal_masks(self, mask_ratio, seed: int, index: int) -> list[np.ndarray]:
     if not self.model.cfg.mask_token:

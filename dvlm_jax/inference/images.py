@@ -576,6 +576,32 @@ class ImageGenerator:
       thresholds.append(float(np.percentile(np.asarray(values)[:len(images)], percentile)))
     return tuple(thresholds)
 
+  def surprisal(self, params, documents: Sequence[Sequence]) -> np.ndarray:
+    """[B, K]: per document (ending with an image whose M_k masks are set) and scale, the
+    activation surprise at the masked patches: the core output at M_k (what the model
+    expects there, from the text before the image and the earlier scales) against U_k
+    (what it makes of the picture); nan for a scale with nothing masked. Needs two copies."""
+    if not self.cfg.dual_copy or self.cfg.image_targets != 'masked':
+      raise Unsupported('surprisal compares M_k with U_k: it needs masked targets and two '
+                        'copies (image.dual_copy=True)')
+    b = len(documents)
+    padded = text_lib.row_bucket(b)
+    batch = self._rows(text_lib.pad_rows(documents, padded))
+    slots = sequence.image_slots(batch, self.cfg.target_shift)
+    out = np.full((b, len(slots.sizes)), np.nan, np.float32)
+    own = np.concatenate([slots.masked[k] + np.arange(n) for k, n in enumerate(slots.sizes)])
+    fed = np.concatenate([slots.fed(k) + np.arange(n) for k, n in enumerate(slots.sizes)])
+    core = _core_at(params, batch, np.concatenate([own, fed]).astype(np.int32), model=self.model)
+    before, after = np.split(np.asarray(core), 2, axis=1)
+    masked = batch['is_masked'][:, own]
+    start = 0
+    for k, n in enumerate(slots.sizes):
+      at = slice(start, start + n)
+      s = np.asarray(activation_surprise(before[:, at], after[:, at], masked[:, at]))
+      out[:, k] = np.where(masked[:, at].any(-1), s, np.nan)[:b]
+      start += n
+    return out
+
   # -- public entry points
   def text_to_image(self, params, prompts: Sequence[str], opts: GenerationOptions,
                     prefix: str, reference: bool = False) -> list[GeneratedImage]:

@@ -182,7 +182,8 @@ def reference_losses(model, params, batch, rng, cfg, ref):
     slots = streams.Stream.select(jnp.asarray(w_image > 0), model.cfg.capacities[3])
     cond = slots.gather(ref['imgen_cond'])
     denoise = lambda x_t, t: model.apply({'params': params}, x_t, t, cond, method=DreamVLM.denoise)
-    per_slot = cfg.objective.loss(denoise, slots.gather(targets), rng)
+    drawn = targets - batch['image_base'] if 'image_base' in batch else targets
+    per_slot = cfg.objective.loss(denoise, slots.gather(drawn), rng)
     out['imgen'] = losses.weighted_mean(per_slot, slots.gather(w_image, fill=0.0))
   return out
 
@@ -205,7 +206,8 @@ def test_variant_builds_with_finite_loss_and_grads(variant):
   elif variant == 'demo':   # the switches of the make-train recipe (experiments/small.py)
     config = tiny_config(model__rope_axes='yx', model__image_pos_embed=True,
                          loss__scale_weighting='scale', diffusion__noise_samples=4,
-                         image__mask_ratio_min=0.5, image__mask_ratio_max=1.0)
+                         image__mask_ratio_min=0.5, image__mask_ratio_max=1.0,
+                         diffusion__target='residual')
   else:
     config = tiny_config(variant)
   batch = image_batch(config)

@@ -1,14 +1,19 @@
 """Surprisal as a result: does the model notice a picture that contradicts its caption?
 
 Each test scene's caption, then its picture: clean, or edited (one shape recoloured, moved
-to an empty cell, or removed). The picture's surprise (`VLM.surprise`: surprisal-mode
-masks, the core output at masked M_k against U_k, averaged over scales; the same masks
-for the clean and the edited picture of a scene) should be higher for the edited ones.
+to an empty cell, or removed). A picture's score is how much more its caption makes it
+surprising: its surprise after the caption minus its surprise alone (`VLM.surprise`:
+surprisal-mode masks, the core output at masked M_k against U_k, averaged over scales;
+the same masks everywhere for a scene). The difference takes out what makes a picture
+hard to predict whatever the text says (a busy picture against an empty one), so that
+what is left is the caption's say; it should be higher for the edited pictures.
 
-  surprisal/auroc_recolour   P(edited picture more surprising than a clean one), per edit
+  surprisal/auroc_recolour   P(edited picture's score above a clean one's), per edit
   surprisal/auroc_move       (0.5 = the model does not notice; ties count half)
   surprisal/auroc_remove
-  surprisal/clean            mean surprise of the clean pictures
+  surprisal/clean            mean surprise of the clean pictures after their captions
+  surprisal/caption_gain     mean of (alone - after the caption) over clean pictures: how
+                             much the caption makes its own picture less surprising
 
 A recolour the model misses while it notices moves says the caption's colours do not
 reach the image positions (what generation colour at chance says too).
@@ -63,9 +68,13 @@ class SurprisalAUROC(Evaluator):
     scenes = self.heldout.scenes(self.split, self.n)
     captions = [shapes.caption(label) for label, _ in scenes]
     size = scenes[0][1].shape[0]
-    score = lambda images: np.nanmean(vlm.surprise(images, captions, seed=self.seed), axis=1)
-    clean = score([image for _, image in scenes])
-    metrics = {'surprisal/clean': float(np.mean(clean))}
+    surprise = lambda images, texts: np.nanmean(vlm.surprise(images, texts, seed=self.seed), 1)
+    score = lambda images: surprise(images, captions) - surprise(images, None)
+    clean_images = [image for _, image in scenes]
+    after = surprise(clean_images, captions)
+    clean = after - surprise(clean_images, None)
+    metrics = {'surprisal/clean': float(np.mean(after)),
+               'surprisal/caption_gain': float(-np.mean(clean))}
     grid = Grid(('clean',) + EDITS)
     edited = {}
     for kind in EDITS:

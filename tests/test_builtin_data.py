@@ -11,6 +11,7 @@ from dvlm_jax.data import builtin
 from dvlm_jax.data import inspect as inspect_cli
 from dvlm_jax.data import layout
 from dvlm_jax.data import shapes
+from dvlm_jax.data import tokenizer as tk
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_EXPERIMENT = os.path.join(REPO, 'experiments', 'tiny.py')
@@ -221,6 +222,23 @@ def test_batches_yield_the_contract(config):
     assert np.all(np.abs(batch['patches'][image]) <= 1.0)
 
 
+def test_batches_encode_text_with_the_configured_tokenizer():
+  """The demo's word tokenizer: built-in documents are written in its ids (one per word),
+  the ids the model's text decoder reads back; the train command's stream too."""
+  from dvlm_jax.data import pipeline
+  config = small_config()
+  config.data.tokenizer = os.path.join(REPO, 'experiments', 'assets', 'shapes_bpe.model')
+  config.model.vocab_size = 400
+  tokenizer = pipeline.load_tokenizer(config)
+  for batch in (builtin.fixed_batch(config, seed=0),
+                next(pipeline.batches_for(config, process_index=0, process_count=1))):
+    text = batch['modality'] == 1
+    ids = batch['tokens'][text]
+    assert ids.max() >= 272                     # past the byte range: word pieces
+    words = tokenizer.decode(ids[ids >= 16]).split()
+    assert {'circle', 'square', 'triangle'} & set(words), words[:20]
+
+
 def test_batches_are_deterministic_per_seed():
   config = small_config()
   a = builtin.fixed_batch(config, seed=5)
@@ -252,7 +270,7 @@ def test_patches_reassemble_into_the_rendered_image():
   scene = shapes.Scene((shapes.Shape('square', 'yellow', 'large', 'top', 'right'),))
   image = shapes.render(scene, builtin.image_size(config))
   doc = layout.encode_document([image, shapes.caption(scene)], cfg,
-                               builtin.tokenizer_lib.ByteTokenizer(), np.random.default_rng(0))
+                               tk.ByteTokenizer(), np.random.default_rng(0))
   sel = (doc['copy'] == 2) & (doc['scale'] == len(cfg.scales))
   pixels = inspect_cli.patches_to_image(doc['patches'][sel], doc['positions'][sel],
                                         cfg.patch_size)

@@ -21,7 +21,7 @@ import numpy as np
 
 from dvlm_jax.data import layout as layout_lib
 from dvlm_jax.data import shapes
-from dvlm_jax.data import tokenizer as tokenizer_lib
+from dvlm_jax.data import sentencepiece_tokenizer
 
 GENERATION_PROMPT = 'draw: '
 _MAX_SKIPPED = 1000   # documents dropped in a row before seq_len is declared too short
@@ -112,15 +112,16 @@ def _streams(config, seed: int | None) -> tuple[np.random.Generator, np.random.G
   return np.random.default_rng(docs_seq), np.random.default_rng(layout_seq)
 
 
-def batches(config, seed: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+def batches(config, seed: int | None = None, tokenizer=None) -> Iterator[dict[str, np.ndarray]]:
   """Endless packed batches of `config.data.batch_size` rows in the batch contract.
 
   Every batch has the same shapes and dtypes (`layout.batch_spec`). Deterministic
   for a seed (default `config.data.seed`). The global batch: multi-process runs
-  slice their rows from it.
+  slice their rows from it. Text is encoded with `tokenizer` (default: `data.tokenizer`).
   """
   cfg = layout_lib.LayoutConfig.from_config(config)
-  tokenizer = tokenizer_lib.ByteTokenizer()
+  if tokenizer is None:
+    tokenizer = sentencepiece_tokenizer.load(str(config.data.tokenizer))
   docs_rng, layout_rng = _streams(config, seed)
   packer = layout_lib.Packer(cfg, int(config.data.batch_size))
   pending = []  # documents that fitted no row of the current batch, oldest first

@@ -400,7 +400,7 @@ class BuiltinBatches(grain.DatasetIterator):
     self._reset(0)
 
   def _reset(self, produced: int) -> None:
-    self._stream = builtin.batches(self._config)
+    self._stream = builtin.batches(self._config, tokenizer=load_tokenizer(self._config))
     for _ in range(produced):
       next(self._stream)
     self._produced = produced

@@ -55,7 +55,8 @@ class _OrphanedTaskErrors(logging.Filter):
   """orbax checks a damaged checkpoint's files in parallel asyncio tasks: the first error
   is raised (and reported here in one line), the others are logged by asyncio, with their
   tracebacks, as 'Task exception was never retrieved' whenever the tasks are garbage
-  collected. After a failed restore those records say nothing new: drop them."""
+  collected, which may happen before the first error reaches us. Those records say nothing
+  the one-line error does not: while checkpoints are restored, they are dropped."""
 
   def filter(self, record: logging.LogRecord) -> bool:
     return not record.getMessage().startswith('Task exception was never retrieved')
@@ -64,10 +65,9 @@ class _OrphanedTaskErrors(logging.Filter):
 _ORPHANED_TASK_ERRORS = _OrphanedTaskErrors()
 
 
-def _restore_failed(e: BaseException) -> str:
-  """The first line of a restore error; from now on asyncio's echoes of it are dropped."""
+def _quiet_orphaned_tasks() -> None:
+  """Before a restore: asyncio's echoes of a damaged checkpoint's errors are dropped."""
   logging.getLogger('asyncio').addFilter(_ORPHANED_TASK_ERRORS)   # a no-op when present
-  return _first_line(e)
 
 
 def _first_line(e: BaseException) -> str:
@@ -130,18 +130,20 @@ class Checkpointer:
 
     `abstract_state`: the TrainState as ShapeDtypeStructs with the shardings wanted now.
     """
+    _quiet_orphaned_tasks()
     for step in sorted(self.manager.all_steps(), reverse=True):
       self._raise_if_different(step, abstract_state)   # before orbax tries (and logs)
       try:
         return self._restore(step, abstract_state, data_iterator), step
       except Exception as e:  # pylint: disable=broad-except
         log.warning('checkpoint step %d cannot be restored (%s); moving it aside and '
-                    'trying an older one', step, _restore_failed(e))
+                    'trying an older one', step, _first_line(e))
         self._quarantine(step)
     return None, 0
 
   def restore_params_only(self, abstract_params):
     """(params, step) of the newest step that restores, or (None, 0); nothing is moved."""
+    _quiet_orphaned_tasks()
     for step in sorted(self.manager.all_steps(), reverse=True):
       self._raise_if_different(step, None, abstract_params)
       try:
@@ -150,7 +152,7 @@ class Checkpointer:
         return restored['params'], step
       except Exception as e:  # pylint: disable=broad-except
         log.warning('checkpoint step %d cannot be restored (%s); trying an older one', step,
-                    _restore_failed(e))
+                    _first_line(e))
     return None, 0
 
   def _raise_if_different(self, step, abstract_state, abstract_params=None):
@@ -250,6 +252,7 @@ def restore_params(workdir: str, abstract_params, *, step: int | None = None, em
   """
   directory = os.path.abspath(os.path.join(workdir, 'checkpoints'))
   item = 'ema' if ema else 'params'
+  _quiet_orphaned_tasks()
   with ocp.CheckpointManager(directory) as manager:
     steps = sorted(manager.all_steps(), reverse=True)
     if not steps:
@@ -263,8 +266,8 @@ def restore_params(workdir: str, abstract_params, *, step: int | None = None, em
         if step is not None:
           others = [s for s in steps if s != step]
           raise CheckpointError(
-              f'checkpoint step {step} of {workdir!r} cannot be restored ({_restore_failed(e)}); '
+              f'checkpoint step {step} of {workdir!r} cannot be restored ({_first_line(e)}); '
               f'other saved steps: {others or "none"} (pass one with --step)') from e
         log.warning('checkpoint step %d of %s cannot be restored (%s); trying an older one',
-                    candidate, workdir, _restore_failed(e))
+                    candidate, workdir, _first_line(e))
     raise CheckpointError(f'no checkpoint of {workdir!r} can be restored (steps {steps} tried)')

@@ -52,6 +52,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from dvlm_jax import config as cfg_lib  # noqa: E402
+from dvlm_jax import contract  # noqa: E402
 from dvlm_jax.data import builtin  # noqa: E402
 from dvlm_jax.model import attention  # noqa: E402
 from dvlm_jax.model.kernels import range_attention as ra  # noqa: E402
@@ -109,16 +110,13 @@ def packed_rows(layout_spec: str, length: int, rows: int, seed: int):
 
 
 def stage_inputs(batch, scope: str):
-  """(scope ids, attn_end) of one stage's rule over the whole row. The model runs text-in
-  and image-in on their own streams (dvlm.stage_rules), where each query's keys are one
-  range like the 'document' scope's; 'text' / 'image' here time the interleaved scopes."""
-  seg, end = batch['segment_ids'], batch['attn_end']
-  if scope == 'document':
-    return seg, end
-  if scope == 'image':
-    return batch['image_id'], end
-  own = np.broadcast_to(np.arange(seg.shape[1], dtype=np.int32), seg.shape)
-  return np.where(batch['modality'] == 1, seg, 0), own
+  """(scope ids, attn_end) of one stage's rule over the whole row (`contract.stage_scopes`).
+  The model runs text-in and image-in on their own streams (dvlm.stage_rules), where each
+  query's keys are one range like the 'document' scope's; 'text' / 'image' here time the
+  interleaved scopes."""
+  stage = contract.stage_scopes(batch)[{'document': 'core', 'text': 'text_in',
+                                        'image': 'image_in'}[scope]]
+  return stage.scope, stage.end
 
 
 def tile_stats(scope, end, blocks: ra.BlockSizes):
@@ -262,7 +260,7 @@ def main(argv=None) -> int:
     k = jax.random.normal(ks[1], (rows, length, args.kv_heads, args.head_dim), dtype)
     v = jax.random.normal(ks[2], (rows, length, args.kv_heads, args.head_dim), dtype)
     scope_j, end_j = jnp.asarray(scope), jnp.asarray(end)
-    mask = attention.make_mask(scope_j, scope_j, end_j)
+    mask = contract.make_mask(scope_j, scope_j, end_j)
     used = np.asarray(jnp.any(mask, axis=-1))
     # Zero cotangent on rows that see nothing: the model discards them, implementations differ.
     w = jax.random.normal(ks[3], q.shape, jnp.float32) * used[:, :, None, None]

@@ -40,6 +40,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from dvlm_jax import cli  # noqa: E402
 from dvlm_jax import config as cfg_lib  # noqa: E402
+from dvlm_jax import contract  # noqa: E402
 from dvlm_jax.data import builtin, layout  # noqa: E402
 from dvlm_jax.model import dvlm  # noqa: E402
 from dvlm_jax.model.dvlm import DreamVLM  # noqa: E402
@@ -80,13 +81,8 @@ def kernel_pairs(config, batch, blocks: ra.BlockSizes) -> dict[str, float]:
 
 def full_row_pairs(batch, blocks: ra.BlockSizes) -> dict[str, float]:
   """The same before compaction: every stage's queries and keys at every position."""
-  seg, end = batch['segment_ids'], batch['attn_end']
-  own = np.broadcast_to(np.arange(seg.shape[1], dtype=np.int32), seg.shape)
-  text_scope = np.where(batch['modality'] == flops.TEXT, seg, 0)
-  out = {'text_in': _tiles(text_scope, text_scope, own, blocks),
-         'image_in': _tiles(batch['image_id'], batch['image_id'], end, blocks),
-         'core': _tiles(seg, seg, end, blocks)}
-  return {**out, 'text_out': out['core'], 'imun_out': out['core'], 'imgen_out': out['core']}
+  return {stage: _tiles(s.scope, s.scope, s.end, blocks)
+          for stage, s in contract.stage_scopes(batch).items()}
 
 
 def xla_train_step_flops(config, batch) -> float:

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from dvlm_jax import config as cfg_lib
+from dvlm_jax import contract
 from dvlm_jax.data import layout
 from dvlm_jax.data import tokenizer as tk
 from dvlm_jax.model import attention
@@ -28,7 +29,7 @@ from dvlm_jax.model.dvlm import DreamVLM
 from dvlm_jax.model.layers import ModelConfig
 from tests.conftest import ROOT, build, image_batch, tiny_config
 
-TEXT = layout.MODALITY_TEXT
+TEXT = contract.MODALITY_TEXT
 SEQ = 120          # not a multiple of the blocks: the wrapper pads
 BLOCKS = ra.BlockSizes(block_q=32, block_k=16, block_q_bwd=16, block_k_bwd=32)
 B, H, KVH = 2, 4, 2
@@ -53,18 +54,15 @@ def packed_rows(seed, seq_len=SEQ, batch_size=B):
 
 
 def scope_inputs(batch, kind):
-  """(scope, attn_end) of one stage, as dvlm.py builds them."""
-  own = np.broadcast_to(np.arange(batch['segment_ids'].shape[1], dtype=np.int32),
-                        batch['segment_ids'].shape)
-  if kind == 'document':
-    return batch['segment_ids'], batch['attn_end']
-  if kind == 'text':   # text of a document: not contiguous where images interrupt it
-    return np.where(batch['modality'] == TEXT, batch['segment_ids'], 0), own
-  return batch['image_id'], batch['attn_end']
+  """(scope, attn_end) of one stage over the whole row (`contract.stage_scopes`). The text
+  scope is not contiguous where images interrupt a document's text."""
+  stage = contract.stage_scopes(batch)[{'document': 'core', 'text': 'text_in',
+                                        'image': 'image_in'}[kind]]
+  return stage.scope, stage.end
 
 
 def dense(scope, end):
-  return np.asarray(attention.make_mask(jnp.asarray(scope), jnp.asarray(scope), jnp.asarray(end)))
+  return np.asarray(contract.make_mask(jnp.asarray(scope), jnp.asarray(scope), jnp.asarray(end)))
 
 
 def all_layouts():
@@ -181,7 +179,7 @@ def kernel_fn(dtype, head_dim):
 @jax.jit
 def reference(q, k, v, scope, end, w):
   """XLA attention in float32, valid rows only (its garbage rows are never used)."""
-  mask = attention.make_mask(scope, scope, end)
+  mask = contract.make_mask(scope, scope, end)
   valid = jnp.any(mask, axis=-1)[..., None, None]
   f = lambda q, k, v: jnp.where(valid, attention.attend(q, k, v, mask), 0.0)
   out, vjp = jax.vjp(f, *(x.astype(jnp.float32) for x in (q, k, v)))
@@ -396,7 +394,7 @@ def test_attend_dispatch(caplog):
   scope, end = scope_inputs(batch, 'document')
   scope, end = jnp.asarray(scope), jnp.asarray(end)
   q, k, v, _ = random_qkvw(0, jnp.float32, 64)
-  mask = attention.make_mask(scope, scope, end)
+  mask = contract.make_mask(scope, scope, end)
   xla = np.asarray(attention.attend(q, k, v, mask))
   # Kernel stages get the scope ids, not a mask (the model test runs them through attend).
   spec = attention.stage_mask(scope, scope, end, 'pallas_interpret')
@@ -454,7 +452,7 @@ def test_model_with_kernel_matches_xla():
 
 SHARDED_SCRIPT = r'''
 import flax.linen as nn, jax, jax.numpy as jnp, numpy as np
-from dvlm_jax import config as cfg_lib
+from dvlm_jax import config as cfg_lib, contract
 from dvlm_jax.model import attention
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 mesh = Mesh(np.asarray(jax.devices()).reshape(2, 1, 2), ('data', 'fsdp', 'tensor'))
@@ -468,7 +466,7 @@ end[:, 20:28] = 27                                        # a bidirectional bloc
 ks = jax.random.split(jax.random.key(0), 4)
 q = jax.random.normal(ks[0], (b, l, h, d)); w = jax.random.normal(ks[3], (b, l, h, d))
 k = jax.random.normal(ks[1], (b, l, kvh, d)); v = jax.random.normal(ks[2], (b, l, kvh, d))
-valid = np.asarray(attention.make_mask(scope, scope, end).any(-1))[..., None, None]
+valid = np.asarray(contract.make_mask(scope, scope, end).any(-1))[..., None, None]
 def loss(q, k, v, impl):
   spec = attention.stage_mask(jnp.asarray(scope), jnp.asarray(scope), jnp.asarray(end), impl)
   out = attention.attend(q, k, v, spec, implementation=impl)

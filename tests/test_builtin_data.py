@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 
 from dvlm_jax import config as config_lib
+from dvlm_jax import contract
 from dvlm_jax.data import builtin
 from dvlm_jax.data import inspect as inspect_cli
 from dvlm_jax.data import layout
@@ -254,9 +255,8 @@ def test_batches_are_deterministic_per_seed():
 # ------------------------------------------------------------------------ inspect
 
 def test_numpy_mask_matches_the_model_mask():
-  from dvlm_jax.model import attention
   batch = builtin.fixed_batch(small_config(), seed=0)
-  expected = np.asarray(attention.make_mask(batch['segment_ids'], batch['segment_ids'],
+  expected = np.asarray(contract.make_mask(batch['segment_ids'], batch['segment_ids'],
                                             batch['attn_end']))
   for r in range(batch['tokens'].shape[0]):
     np.testing.assert_array_equal(

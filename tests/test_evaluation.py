@@ -18,7 +18,7 @@ import pytest
 
 from dvlm_jax import config as cfg_lib
 from dvlm_jax import evaluation
-from dvlm_jax.data import glyphs, shapes, splits
+from dvlm_jax.data import shapes, splits
 from dvlm_jax.evaluation import detector, grid, heldout, runner, shapes_eval, surprisal
 from tests.conftest import ROOT, tiny_config
 

@@ -4,8 +4,8 @@ import flax.linen as nn
 import jax
 import numpy as np
 
+from dvlm_jax import contract
 from dvlm_jax.data import layout
-from dvlm_jax.model import attention
 from dvlm_jax.model.dvlm import DreamVLM
 from dvlm_jax.model.layers import ModelConfig
 from dvlm_jax.training import flops
@@ -15,12 +15,9 @@ from tests.conftest import image_batch, tiny_config
 def test_visible_pairs_equal_the_mask_of_every_scope():
   config = tiny_config()
   batch = image_batch(config)
-  own = np.broadcast_to(np.arange(batch['segment_ids'].shape[1]), batch['segment_ids'].shape)
-  text_scope = np.where(batch['modality'] == 1, batch['segment_ids'], 0)
-  for scope, end in [(batch['segment_ids'], batch['attn_end']), (text_scope, own),
-                     (batch['image_id'], batch['attn_end'])]:
-    mask = np.asarray(attention.make_mask(scope, scope, end))
-    np.testing.assert_array_equal(flops.visible_pairs(scope, end), mask.sum(-1))
+  for stage in contract.stage_scopes(batch).values():
+    mask = np.asarray(contract.make_mask(stage.scope, stage.scope, stage.end))
+    np.testing.assert_array_equal(flops.visible_pairs(stage.scope, stage.end), mask.sum(-1))
 
 
 def test_stage_counts_follow_the_switches():

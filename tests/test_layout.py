@@ -10,9 +10,9 @@ import dataclasses
 import numpy as np
 import pytest
 
+from dvlm_jax import contract
 from dvlm_jax.data import layout
 from dvlm_jax.data import tokenizer as tk
-from dvlm_jax.model import attention
 
 TOK = tk.ByteTokenizer()
 
@@ -124,7 +124,7 @@ def oracle_mask(tokens, cfg):
 
 def model_mask(batch):
   seg, end = batch['segment_ids'], batch['attn_end']
-  return np.asarray(attention.make_mask(seg, seg, end))
+  return np.asarray(contract.make_mask(seg, seg, end))
 
 
 # ------------------------------------------------------------------ the attention rule
@@ -143,7 +143,7 @@ def test_attention_rule_matches_oracle_on_random_layouts():
         # Structure agrees with the fields the model reads.
         assert np.array_equal(doc > 0, batch['segment_ids'][r] > 0)
         for i, b in enumerate(block):
-          assert (b is not None) == (batch['modality'][r, i] == layout.MODALITY_IMAGE)
+          assert (b is not None) == (batch['modality'][r, i] == contract.MODALITY_IMAGE)
           if b is not None:
             assert (batch['scale'][r, i], batch['copy'][r, i]) == b[1:]
             assert batch['image_id'][r, i] == b[0]

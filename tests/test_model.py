@@ -2,17 +2,17 @@
 
 Mixture of experts: routing unit tests, leakage with capacity drops, chunked decoding."""
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from dvlm_jax import config as cfg_lib
+from dvlm_jax import contract
 from dvlm_jax.data import layout
 from dvlm_jax.training import losses, optimizer as optim_lib, step as step_lib
 from dvlm_jax import sharding
-from dvlm_jax.model import attention, layers, streams
+from dvlm_jax.model import layers, streams
 from dvlm_jax.model.dvlm import DreamVLM
 from tests.conftest import build, image_batch, tiny_config
 
@@ -151,7 +151,7 @@ def full_row_reference(model, params, batch):
   c = model.cfg
   pos, seg, end = batch['positions'], batch['segment_ids'], batch['attn_end']
   own = jnp.broadcast_to(jnp.arange(seg.shape[1]), seg.shape)
-  rule = lambda scope, q_end: attention.make_mask(scope, scope, q_end)
+  rule = lambda scope, q_end: contract.make_mask(scope, scope, q_end)
   is_text = batch['modality'] == TEXT
   text_in = m.text_in(m.embed_text(batch['tokens']), pos, rule(jnp.where(is_text, seg, 0), own))
   image_in = m.image_in(m.embed_image(batch), pos, rule(batch['image_id'], end))

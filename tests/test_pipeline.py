@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 from dvlm_jax import config as cfg_lib
+from dvlm_jax import contract
 from dvlm_jax.data import build
 from dvlm_jax.data import builtin
 from dvlm_jax.data import decode
@@ -221,7 +222,7 @@ def test_each_bad_record_is_skipped_or_fixed_and_counted():
 
 
 def text_of(doc):
-  ids = doc['tokens'][doc['modality'] == layout.MODALITY_TEXT]
+  ids = doc['tokens'][doc['modality'] == contract.MODALITY_TEXT]
   return tk.ByteTokenizer().decode(ids)
 
 

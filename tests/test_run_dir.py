@@ -19,7 +19,7 @@ from dvlm_jax import config as cfg_lib
 from dvlm_jax.data import pipeline
 from dvlm_jax.training import run_dir
 from tests.conftest import ROOT
-from tests.test_training import TINY, run, train_cmd
+from tests.test_training import TINY, run
 
 
 def snapshot(workdir) -> dict[str, str]:

@@ -7,11 +7,9 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import jax
 import numpy as np
-import pytest
 
 from dvlm_jax import config as cfg_lib
 from dvlm_jax import sharding

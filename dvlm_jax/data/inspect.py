@@ -11,7 +11,7 @@ The picture is the quickest way to check the layout by eye:
   (a) a strip with one cell per token, coloured by modality/copy, with a dark
       tick where a scale, copy or image starts and a white tick at each new document;
   (b) the row's attention mask (white = may attend), computed like
-      `dvlm_jax.model.attention.make_mask` from segment_ids and attn_end;
+      `dvlm_jax.contract.make_mask` from segment_ids and attn_end;
   (c) the first image of the row, per scale: the masked copy M_k as the model
       sees it (masked patches in grey-red) next to the unmasked copy U_k.
 """
@@ -27,6 +27,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from dvlm_jax import cli
 from dvlm_jax import config as config_lib
+from dvlm_jax import contract
 from dvlm_jax.data import pipeline
 from dvlm_jax.data import layout as layout_lib
 from dvlm_jax.data import tokenizer as tokenizer_lib
@@ -59,20 +60,19 @@ def token_classes(row: dict[str, np.ndarray]) -> np.ndarray:
             | ((tokens >= tokenizer_lib.SCALE_BASE)
                & (tokens < tokenizer_lib.SCALE_BASE + tokenizer_lib.MAX_SCALES)))
   classes = np.full(modality.shape, PAD, np.int32)
-  classes[modality == 1] = TEXT
-  classes[(modality == 1) & marker] = MARKER
-  image = modality == 2
-  classes[image & (copy == 1) & row['is_masked']] = MASKED
-  classes[image & (copy == 1) & ~row['is_masked']] = VISIBLE
-  classes[image & (copy == 2)] = UNMASKED
+  text, image = modality == contract.MODALITY_TEXT, modality == contract.MODALITY_IMAGE
+  masked_copy = image & (copy == contract.COPY_MASKED)
+  classes[text] = TEXT
+  classes[text & marker] = MARKER
+  classes[masked_copy & row['is_masked']] = MASKED
+  classes[masked_copy & ~row['is_masked']] = VISIBLE
+  classes[image & (copy == contract.COPY_UNMASKED)] = UNMASKED
   return classes
 
 
 def attention_mask(segment_ids: np.ndarray, attn_end: np.ndarray) -> np.ndarray:
-  """bool [L, L] for one row: `make_mask(segment_ids, segment_ids, attn_end)` in numpy."""
-  index = np.arange(segment_ids.shape[-1])
-  same = (segment_ids[:, None] == segment_ids[None, :]) & (segment_ids[:, None] > 0)
-  return same & (index[None, :] <= attn_end[:, None])
+  """bool [L, L] for one row: the core's rule (`contract.make_mask`)."""
+  return contract.make_mask(segment_ids[None], segment_ids[None], attn_end[None])[0]
 
 
 # ------------------------------------------------------------------------- drawing

@@ -26,10 +26,9 @@ from typing import Any, NamedTuple, Sequence
 import numpy as np
 from PIL import Image
 
+from dvlm_jax.contract import COPY_MASKED, COPY_UNMASKED, MODALITY_IMAGE, MODALITY_TEXT
 from dvlm_jax.data import tokenizer as tok
 
-MODALITY_PAD, MODALITY_TEXT, MODALITY_IMAGE = 0, 1, 2
-COPY_NONE, COPY_MASKED, COPY_UNMASKED = 0, 1, 2
 
 Item = str | np.ndarray
 Document = Sequence[Item]

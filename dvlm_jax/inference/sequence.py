@@ -27,6 +27,7 @@ from typing import Sequence
 
 import numpy as np
 
+from dvlm_jax import contract
 from dvlm_jax.data import layout
 from dvlm_jax.data import tokenizer as tok
 
@@ -171,11 +172,11 @@ def _row_slots(row, shift, image_id) -> ImageSlots:
   markers, masked, unmasked, sizes = [], [], [], []
   k = 1
   while True:
-    m = np.flatnonzero(ours & (row['copy'] == layout.COPY_MASKED) & (row['scale'] == k))
+    m = np.flatnonzero(ours & (row['copy'] == contract.COPY_MASKED) & (row['scale'] == k))
     if m.size == 0:
       break
     assert np.all(np.diff(m) == 1) and row['tokens'][m[0] - 1] == tok.scale_token(k), 'layout'
-    u = np.flatnonzero(ours & (row['copy'] == layout.COPY_UNMASKED) & (row['scale'] == k))
+    u = np.flatnonzero(ours & (row['copy'] == contract.COPY_UNMASKED) & (row['scale'] == k))
     markers.append(int(m[0] - 1))
     masked.append(int(m[0]))
     sizes.append(int(m.size))

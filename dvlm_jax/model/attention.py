@@ -1,16 +1,12 @@
 """Attention under the VLM rule: same scope and `key index <= attn_end[query]`.
 
-Every block of the model uses the same rule with its own *scope ids*:
-
-  block        scope ids                               attn_end
-  core, out    segment_ids (document)                  attn_end from the layout
-  text-in      segment_ids where modality == text      own index (causal)
-  image-in     image_id (row-unique, 0 = no image)     attn_end from the layout
+Every block of the model uses the same rule (`contract.make_mask`) with its own *scope
+ids* (`contract.stage_scopes`: the table of every stage's scope ids and ends).
 
 A scope id of 0 never attends (padding, or a token outside the block's scope):
 such a query's output is garbage-but-finite and is discarded by the caller.
 
-This file holds the mask and the reference XLA implementation. Faster kernels
+This file holds the reference XLA implementation. Faster kernels
 (block-sparse Pallas, splash attention) plug in behind `attend` (`implementation`);
 they take the scope ids and attn_end instead of the dense mask (`ScopeMask`): per-row
 key ranges are exactly (scope start .. attn_end). Kernel rows that see nothing are 0.
@@ -24,6 +20,10 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+
+from dvlm_jax import contract
+from dvlm_jax.model import kernels
+from dvlm_jax.model.kernels import range_attention, splash, tokamax_attention
 
 IMPLEMENTATIONS = ('auto', 'xla', 'tokamax', 'pallas_gpu', 'pallas_interpret', 'splash')
 _BACKEND = {'pallas_gpu': 'gpu', 'splash': 'tpu'}   # kernels that need a device kind
@@ -53,29 +53,13 @@ def stage_mask(q_scope: jax.Array, k_scope: jax.Array, q_end: jax.Array,
   """What one stage passes to its blocks: the dense mask for 'xla' (built once, shared
   by every layer), the scope ids for the kernels (no [B, L, L] array at all)."""
   if resolve(implementation) == 'xla':
-    return make_mask(q_scope, k_scope, q_end)
+    return contract.make_mask(q_scope, k_scope, q_end)
   return ScopeMask(q_scope, k_scope, q_end)
 
 
 def key_length(mask: jax.Array | ScopeMask) -> int:
   """The number of keys a mask (dense or `ScopeMask`) ranges over."""
   return mask.k_scope.shape[-1] if isinstance(mask, ScopeMask) else mask.shape[-1]
-
-
-def make_mask(q_scope: jax.Array, k_scope: jax.Array, q_end: jax.Array,
-              k_index: jax.Array | None = None) -> jax.Array:
-  """Boolean mask [B, Lq, Lk]: query q sees key k under the VLM rule.
-
-  q_scope: [B, Lq] int scope ids of the queries (0 = attends to nothing).
-  k_scope: [B, Lk] int scope ids of the keys.
-  q_end:   [B, Lq] int, the last key index each query may see (`attn_end`).
-  k_index: [B, Lk] or None; the row index of each key (default arange(Lk)).
-  """
-  if k_index is None:
-    k_index = jnp.arange(k_scope.shape[-1], dtype=jnp.int32)[None, :]
-  same = (q_scope[:, :, None] == k_scope[:, None, :]) & (q_scope[:, :, None] > 0)
-  visible = k_index[:, None, :] <= q_end[:, :, None]
-  return same & visible
 
 
 def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | ScopeMask | None = None,
@@ -85,7 +69,7 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | ScopeMask
 
   q: [B, Lq, H, D]; k, v: [B, Lk, KvH, D] with H a multiple of KvH (GQA);
   mask: [B, Lq, Lk] bool, or a `ScopeMask`; q_scope/k_scope/q_end: the rule's inputs
-  (`make_mask`), which the kernels need. Softmax in float32.
+  (`contract.make_mask`), which the kernels need. Softmax in float32.
 
   implementation: 'auto' (the fastest for the backend: `AUTO`), 'xla' (reference,
   dense mask), 'tokamax' (tokamax flash attention on per-query key ranges; Mosaic-GPU
@@ -110,8 +94,6 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | ScopeMask
       _warn_once(f'{implementation} needs a {needs.upper()}, running on '
                  f'{jax.default_backend()}; using xla')
     else:   # one kernel call per device under the mesh in context
-      from dvlm_jax.model import kernels
-      from dvlm_jax.model.kernels import range_attention, splash, tokamax_attention
       if implementation == 'splash':
         kernel = splash.splash_attention
       elif implementation == 'tokamax':
@@ -123,7 +105,7 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | ScopeMask
   if mask is None:
     if not have_scopes:
       raise ValueError('attend needs a mask or q_scope, k_scope and q_end')
-    mask = make_mask(q_scope, k_scope, q_end)
+    mask = contract.make_mask(q_scope, k_scope, q_end)
   b, lq, h, d = q.shape
   kvh = k.shape[2]
   if h % kvh:

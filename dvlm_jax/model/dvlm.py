@@ -4,7 +4,7 @@
                                       > core (L blocks) ---- imun-out  -> patch head
     pixel patches -> image-in blocks /                      \\ imgen-out -> diffusion head
 
-Every block uses the one attention rule of `attention.make_mask` with its own scope:
+Every block uses the one attention rule of `contract.make_mask` with its own scope:
 text-in sees earlier text of its document, image-in sees its own image under
 `attn_end` (bidirectional inside each M_k / U_k block), core and out blocks see the
 whole document under `attn_end`. A block count of 0 makes that stage shared: with all
@@ -26,6 +26,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from dvlm_jax import contract
 from dvlm_jax.data import layout
 from dvlm_jax.model import attention, streams
 from dvlm_jax.model.diffusion import DiffusionHead
@@ -62,31 +63,29 @@ def stage_rules(batch, cfg: ModelConfig, heads=None, chunk=None) -> dict[str, st
     caps = layout.Capacities(*(min(n, length) if n else length for n in cfg.capacities))
   else:   # inference rows are not packed to capacities: nothing may be dropped
     caps = layout.Capacities(*(length,) * 4)
-  modality, seg, end = batch['modality'], batch['segment_ids'], batch['attn_end']
-  own = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), seg.shape)
-  is_text = modality == layout.MODALITY_TEXT
-  rules = {'text_in': streams.in_stage_rule(is_text, caps.text_tokens,
-                                            jnp.where(is_text, seg, 0), own, chunk),
-           'image_in': streams.in_stage_rule(modality == layout.MODALITY_IMAGE,
-                                             caps.image_tokens,
-                                             batch['image_id'], end, chunk),
-           'core': streams.row_rule(None, seg, end, chunk)}
-  rows = seg.shape[0]
-  outs = {'text_out': ('text', 'text_weights', caps.text_targets, True),
-          'imun_out': ('image', 'image_weights', caps.image_targets, cfg.imun_head),
-          'imgen_out': ('image', 'image_weights', caps.image_targets, cfg.diffusion_head)}
-  for stage, (head, weights, capacity, present) in outs.items():
+  scopes = contract.stage_scopes(batch)
+  text, image, core = scopes['text_in'], scopes['image_in'], scopes['core']
+  rules = {'text_in': streams.in_stage_rule(text.queries, caps.text_tokens, text.scope,
+                                            text.end, chunk),
+           'image_in': streams.in_stage_rule(image.queries, caps.image_tokens, image.scope,
+                                             image.end, chunk),
+           'core': streams.row_rule(None, core.scope, core.end, chunk)}
+  rows = core.scope.shape[0]
+  outs = {'text_out': ('text', caps.text_targets, True),
+          'imun_out': ('image', caps.image_targets, cfg.imun_head),
+          'imgen_out': ('image', caps.image_targets, cfg.diffusion_head)}
+  for stage, (head, capacity, present) in outs.items():
     if not present:
       continue
     if heads is None:   # training: the loss positions
-      at = streams.Stream.select(batch[weights] > 0, capacity)
+      at = streams.Stream.select(scopes[stage].queries, capacity)
     elif head in heads:
       at = streams.Stream.at(heads[head])
     elif chunk is not None:
       at = streams.Stream.at(jnp.zeros((rows, 0), jnp.int32))
     else:
       continue
-    rules[stage] = streams.row_rule(at, seg, end, chunk)
+    rules[stage] = streams.row_rule(at, scopes[stage].scope, scopes[stage].end, chunk)
   return rules
 
 
@@ -176,7 +175,7 @@ class DreamVLM(nn.Module):
       if chunk is None:  # kernels take the scope ids (attention.stage_mask)
         mask = attention.stage_mask(rule.q_scope, rule.k_scope, rule.q_end, c.attention)
       else:
-        mask = attention.make_mask(rule.q_scope, rule.k_scope, rule.q_end)
+        mask = contract.make_mask(rule.q_scope, rule.k_scope, rule.q_end)
       positions = local['positions']
       if rule.queries is not None:
         positions = rule.queries.gather(positions)

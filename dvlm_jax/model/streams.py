@@ -6,7 +6,7 @@ front of a fixed number of slots per row, so shapes stay static under jit. Empty
 (past the row's count) point one past the row and are dropped by `scatter`.
 
 An in-stage attends among its own positions only, so its keys are its own stream over
-the whole row and the VLM rule (`attention.make_mask`: same non-zero scope and
+the whole row and the VLM rule (`contract.make_mask`: same non-zero scope and
 key <= attn_end[query]) is restated in that stream's coordinates (`in_stage_rule`):
 scope ids gathered, `attn_end` mapped to the last stream slot at or before it. The
 stream drops only positions of other stages, so each document's text (each image) is

@@ -25,9 +25,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from dvlm_jax import contract
 from dvlm_jax.data import layout
 
-TEXT, IMAGE = 1, 2
 TRAIN_FACTOR = 3
 
 # Dense bf16 peak FLOP/s per device (vendor figures, no sparsity).
@@ -86,8 +86,7 @@ def diffusion_head_flops(config) -> float:
   return 2 * p * w + 2 * w * w + 2 * d * w + depth * per_block + 2 * w * 2 * w + 2 * w * p
 
 
-STAGES = ('text_in', 'image_in', 'core', 'text_out', 'imun_out', 'imgen_out', 'patch_embed',
-          'lm_head', 'patch_head', 'diffusion_head')
+STAGES = contract.STAGES + ('patch_embed', 'lm_head', 'patch_head', 'diffusion_head')
 
 
 def _per_stage(config, stack, n_image: float, n_text_loss: float,
@@ -115,25 +114,18 @@ def _moe(config, stage: str) -> bool:
 def stage_flops(config, batch) -> dict[str, float]:
   """Useful forward FLOPs per stage of one batch (numpy, contract fields): each stage over
   the tokens it serves, attention over the pairs its mask lets through (docs/flops.md)."""
-  modality, seg, attn_end = batch['modality'], batch['segment_ids'], batch['attn_end']
-  is_text, is_image = modality == TEXT, modality == IMAGE
-  text_loss, image_loss = batch['text_weights'] > 0, batch['image_weights'] > 0
-  doc_pairs = visible_pairs(seg, attn_end)
-  own = np.broadcast_to(np.arange(seg.shape[1]), seg.shape)
+  scopes = contract.stage_scopes(batch)
   # stage -> (queries, keys, visible pairs per query)
-  scopes = {'text_in': (is_text, is_text, visible_pairs(np.where(is_text, seg, 0), own)),
-            'image_in': (is_image, is_image, visible_pairs(batch['image_id'], attn_end)),
-            'core': (seg > 0, seg > 0, doc_pairs), 'text_out': (text_loss, seg > 0, doc_pairs),
-            'imun_out': (image_loss, seg > 0, doc_pairs),
-            'imgen_out': (image_loss, seg > 0, doc_pairs)}
+  rules = {stage: (s.queries, s.keys, visible_pairs(s.scope, s.end)) for stage, s in scopes.items()}
 
   def stack(stage, layers):
-    queries, keys, pairs = scopes[stage]
+    queries, keys, pairs = rules[stage]
     return layers * _block_flops(config.model, float(np.count_nonzero(queries)),
                                  float(np.count_nonzero(keys)), float(np.sum(pairs[queries])),
                                  _moe(config, stage))
-  return _per_stage(config, stack, float(np.count_nonzero(is_image)),
-                    float(np.count_nonzero(text_loss)), float(np.count_nonzero(image_loss)))
+  return _per_stage(config, stack, float(np.count_nonzero(scopes['image_in'].queries)),
+                    float(np.count_nonzero(scopes['text_out'].queries)),
+                    float(np.count_nonzero(scopes['imun_out'].queries)))
 
 
 def implemented_stage_flops(config, rows: int, attention_pairs: dict[str, float] | None = None,

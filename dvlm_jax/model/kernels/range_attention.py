@@ -1,6 +1,6 @@
 """Block-sparse attention under the VLM rule: a Pallas (Triton) kernel for GPUs.
 
-The rule (`attention.make_mask`): query q sees key k iff scope[q] == scope[k] != 0 and
+The rule (`contract.make_mask`): query q sees key k iff scope[q] == scope[k] != 0 and
 k <= attn_end[q]. Everything the kernel needs to skip work follows from per-element
 bounds computed once in XLA (`compute_ranges`, O(L log L), no L x L array):
 

@@ -6,7 +6,7 @@ loads the element mask only for partial blocks. Its masks are normally static (o
 layout compiled in); ours change with every packed batch. Two ways in:
 
   RangeMask / row_masks   host-side splash `Mask` objects for one row's layout, exact
-                          to `attention.make_mask`; `make_splash_mha` turns them into
+                          to `contract.make_mask`; `make_splash_mha` turns them into
                           a static MaskInfo (a fixed layout: evaluation, inference,
                           benchmarking one layout).
   splash_attention        inside jit, for training: each row's mask is processed as a
@@ -32,6 +32,7 @@ import jax.numpy as jnp
 from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as splash_kernel
 from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as mask_lib
 
+from dvlm_jax import contract
 from dvlm_jax.model.kernels import range_attention as ra
 
 _LANES = 128   # TPU blocks are multiples of the 128-wide lane dimension
@@ -133,7 +134,6 @@ def splash_attention(q: jax.Array, k: jax.Array, v: jax.Array, q_scope: jax.Arra
   q: [B, Lq, H, D]; k, v: [B, Lk, KvH, D] (grouped-query when KvH < H); scopes and
   attn_end [B, L]. Rows that see no key are 0. Traceable (dynamic per-row masks).
   """
-  from dvlm_jax.model import attention   # attention imports this module lazily
   b, lq, h, d = q.shape
   lk = k.shape[1]
   if h % k.shape[2]:
@@ -143,7 +143,7 @@ def splash_attention(q: jax.Array, k: jax.Array, v: jax.Array, q_scope: jax.Arra
   pad = lambda x, n: jnp.pad(x, ((0, 0), (0, n)) + ((0, 0),) * (x.ndim - 2))
   q_scope, q_end, k_scope = pad(q_scope, pq), pad(q_end, pq), pad(k_scope, pk)
   q, k, v = pad(q, pq), pad(k, pk), pad(v, pk)
-  mask = attention.make_mask(q_scope, k_scope, q_end)
+  mask = contract.make_mask(q_scope, k_scope, q_end)
   empty = ~jnp.any(mask, axis=-1)
   own = jnp.arange(lq + pq)[:, None] == jnp.arange(lk + pk)[None, :]
   mask = mask | (empty[:, :, None] & own[None])

@@ -2,7 +2,7 @@
 
 tokamax takes a mask as one key range per query (`Mask(k_start, k_end)`) and, on
 Hopper, its Mosaic-GPU kernels skip key blocks outside those ranges in the forward and
-the backward pass. The VLM rule (`attention.make_mask`: same non-zero scope and
+the backward pass. The VLM rule (`contract.make_mask`: same non-zero scope and
 k <= attn_end[q]) maps onto that as
 
   k_start[q] = first key of q's scope         (range_attention.compute_ranges' q_lo)

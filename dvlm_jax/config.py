@@ -355,7 +355,7 @@ def validate(c: ConfigDict) -> None:
          and {'y', 'x'} <= set(m.rope_axes), 'model.rope_axes',
          f"letters t, y, x with both y and x (e.g. 'ttyx', 'yxt', 'yx'), got {m.rope_axes!r}")
   from dvlm_jax.data import tokenizer as tok_lib  # data knows the tokenizer size
-  if c.data.get('tokenizer', 'byte') == 'byte':  # a SentencePiece model is checked when loaded
+  if c.data.tokenizer == 'byte':  # a SentencePiece model is checked when loaded
     _check(m.vocab_size >= tok_lib.ByteTokenizer().vocab_size, 'model.vocab_size',
            f'{m.vocab_size} < byte tokenizer size {tok_lib.ByteTokenizer().vocab_size}')
   for key in ('dtype', 'param_dtype'):

@@ -35,7 +35,7 @@ def mesh_shape(config, num_devices: int) -> tuple[int, ...]:
   if math.prod(sizes) != num_devices:
     raise ValueError(f'config.mesh: {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} '
                      f'devices, have {num_devices}')
-  experts, expert_axis = config.model.get('moe_experts', 0), sizes[MESH_AXES.index('expert')]
+  experts, expert_axis = config.model.moe_experts, sizes[MESH_AXES.index('expert')]
   if experts and experts % expert_axis:
     raise ValueError(f'config.mesh.expert: model.moe_experts={experts} do not divide over '
                      f'{expert_axis} expert devices')
@@ -59,7 +59,7 @@ def check(config, num_devices: int, num_processes: int = 1) -> None:
           'mlp': ('model.mlp_dim', m.mlp_dim), 'vocab': ('model.vocab_size', m.vocab_size),
           'embed': ('model.d_model', m.d_model),
           'diff_width': ('diffusion.width', config.diffusion.width),
-          'exp': ('model.moe_experts', m.get('moe_experts', 0))}
+          'exp': ('model.moe_experts', m.moe_experts)}
   for name, axes in rules(config):
     if name not in dims or not dims[name][1]:
       continue
@@ -90,7 +90,7 @@ def rules(config) -> tuple[tuple[str, Any], ...]:
   out = []
   for name, axes in config.sharding.rules:
     axes = tuple(axes) if isinstance(axes, list) else axes
-    if name == 'batch' and config.mesh.get('expert', 1) != 1:
+    if name == 'batch' and config.mesh.expert != 1:
       axes = (axes,) if isinstance(axes, str) else tuple(axes or ())
       axes = axes if 'expert' in axes else axes + ('expert',)
     out.append((name, axes))

@@ -1,5 +1,6 @@
 """The shapes world, the built-in documents/batches, and the inspect CLI."""
 
+import dataclasses
 import os
 
 import numpy as np
@@ -16,6 +17,7 @@ from dvlm_jax.data import tokenizer as tk
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_EXPERIMENT = os.path.join(REPO, 'experiments', 'tiny.py')
+MIX = builtin.Mix.from_config(config_lib.defaults())   # the default document mix
 
 # A stand-alone experiment file, so these tests need nothing but the data package.
 SMALL_EXPERIMENT = '''
@@ -157,9 +159,9 @@ def _take(iterator, n):
 
 
 def test_example_documents_are_deterministic_and_mixed():
-  first = _take(builtin.example_documents(np.random.default_rng(3), 16), 300)
-  again = _take(builtin.example_documents(np.random.default_rng(3), 16), 300)
-  other = _take(builtin.example_documents(np.random.default_rng(4), 16), 300)
+  first = _take(builtin.example_documents(np.random.default_rng(3), 16, MIX), 300)
+  again = _take(builtin.example_documents(np.random.default_rng(3), 16, MIX), 300)
+  other = _take(builtin.example_documents(np.random.default_rng(4), 16, MIX), 300)
   assert [_fingerprint(d) for d in first] == [_fingerprint(d) for d in again]
   assert [_fingerprint(d) for d in first] != [_fingerprint(d) for d in other]
   kinds = {'generation': 0, 'understanding': 0, 'text': 0}
@@ -180,29 +182,29 @@ def test_example_documents_are_deterministic_and_mixed():
 
 def test_mix_is_configurable():
   docs = _take(builtin.example_documents(np.random.default_rng(0), 16,
-                                         builtin.Mix(generation=1.0, text=0.0)), 50)
+                                         dataclasses.replace(MIX, generation=1.0, text=0.0)), 50)
   assert all(isinstance(d[0], str) and len(d) == 2 for d in docs)
   with pytest.raises(ValueError):
-    builtin.Mix(generation=0.8, text=0.3)
+    dataclasses.replace(MIX, generation=0.8, text=0.3)
 
 
 def test_builtin_scenes_is_a_fixed_world_shared_with_the_held_out_probes():
   from dvlm_jax.evaluation.heldout import HeldOut
   from tests.conftest import tiny_config
-  mix = builtin.Mix(generation=1.0, text=0.0, max_shapes=1, scenes=3)
+  mix = dataclasses.replace(MIX, generation=1.0, text=0.0, max_shapes=1, scenes=3)
   fixed = builtin.fixed_scenes(mix)
   assert len(fixed) == 3 and fixed == builtin.fixed_scenes(mix)   # the same set every time
   captions = {builtin.GENERATION_PROMPT + shapes.caption(scene) for scene in fixed}
   docs = _take(builtin.example_documents(np.random.default_rng(0), 16, mix), 60)
   assert {d[0] for d in docs} == captions                           # all three, nothing else
   fresh = _take(builtin.example_documents(np.random.default_rng(0), 16,
-                                          builtin.Mix(generation=1.0, text=0.0)), 60)
+                                          dataclasses.replace(MIX, generation=1.0, text=0.0)), 60)
   assert len({d[0] for d in fresh}) > 10
   config = tiny_config(data__builtin_scenes=3, data__builtin_max_shapes=1)
   held = HeldOut(config).scenes('test', 5)
   assert [scene for scene, _ in held] == fixed + fixed[:2]
   with pytest.raises(ValueError, match='builtin_scenes'):
-    builtin.Mix(scenes=-1)
+    dataclasses.replace(MIX, scenes=-1)
 
 
 # ------------------------------------------------------------------------ batches

@@ -30,11 +30,12 @@ _LOOKAHEAD = 8         # documents tried after the first misfit before a batch i
 
 @dataclasses.dataclass(frozen=True)
 class Mix:
-  """Shares of document kinds; understanding gets what is left."""
-  generation: float = 0.45
-  text: float = 0.1
-  max_shapes: int = 2
-  scenes: int = 0      # > 0: every image is one of this many fixed scenes (`fixed_scenes`)
+  """Shares of document kinds; understanding gets what is left (config data.builtin_*,
+  where the defaults live)."""
+  generation: float
+  text: float
+  max_shapes: int
+  scenes: int          # > 0: every image is one of this many fixed scenes (`fixed_scenes`)
 
   def __post_init__(self):
     if not (0 <= self.generation and 0 <= self.text and self.generation + self.text <= 1):
@@ -44,13 +45,9 @@ class Mix:
 
   @classmethod
   def from_config(cls, config) -> 'Mix':
-    """Optional keys data.builtin_generation / builtin_text / builtin_max_shapes /
-    builtin_scenes."""
     data = config.data
-    return cls(generation=float(data.get('builtin_generation', cls.generation)),
-               text=float(data.get('builtin_text', cls.text)),
-               max_shapes=int(data.get('builtin_max_shapes', cls.max_shapes)),
-               scenes=int(data.get('builtin_scenes', cls.scenes)))
+    return cls(generation=float(data.builtin_generation), text=float(data.builtin_text),
+               max_shapes=int(data.builtin_max_shapes), scenes=int(data.builtin_scenes))
 
 
 _FIXED_SCENES_SEED = 1234
@@ -77,8 +74,7 @@ def text_document(rng: np.random.Generator) -> list:
   return [shapes.caption(scene)]
 
 
-def example_documents(rng: np.random.Generator, image_px: int,
-                      mix: Mix = Mix()) -> Iterator[list]:
+def example_documents(rng: np.random.Generator, image_px: int, mix: Mix) -> Iterator[list]:
   """Endless stream of documents; deterministic given the generator's state."""
   fixed = fixed_scenes(mix)
   while True:

@@ -53,7 +53,7 @@ class HeldOut:
 
   def __init__(self, config):
     self.source = str(config.data.source)
-    self.data_dir = str(config.data.get('data_dir', 'data'))
+    self.data_dir = str(config.data.data_dir)
     self.fixed = []
     if self.source == 'builtin':
       mix = builtin.Mix.from_config(config)

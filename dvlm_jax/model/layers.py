@@ -85,9 +85,9 @@ class ModelConfig:
         scan_layers=m.scan_layers, attention=m.attention, init_std=m.init_std,
         diffusion_width=d.width, diffusion_depth=d.depth,
         # .get: a run directory written before MoE existed has no moe_* keys (dense).
-        moe_experts=m.get('moe_experts', 0), moe_top_k=m.get('moe_top_k', 2),
-        moe_capacity_factor=m.get('moe_capacity_factor', 1.25),
-        moe_group_size=m.get('moe_group_size', 512), moe_mlp_dim=m.get('moe_mlp_dim', 0),
+        moe_experts=m.moe_experts, moe_top_k=m.moe_top_k,
+        moe_capacity_factor=m.moe_capacity_factor,
+        moe_group_size=m.moe_group_size, moe_mlp_dim=m.moe_mlp_dim,
         capacities=tuple(layout.LayoutConfig.from_config(config).capacities()))
 
 

@@ -108,7 +108,7 @@ def _per_stage(config, stack, n_image: float, n_text_loss: float,
 
 
 def _moe(config, stage: str) -> bool:
-  return stage == 'core' and config.model.get('moe_experts', 0) > 0
+  return stage == 'core' and config.model.moe_experts > 0
 
 
 def stage_flops(config, batch) -> dict[str, float]:

@@ -48,8 +48,8 @@ class LossConfig:
                config.model.imun_norm_pix, len(config.image.scales),
                DiffusionObjective.from_config(config),
                scale_weighting=config.loss.scale_weighting,
-               moe=config.model.get('moe_experts', 0) > 0,
-               moe_aux_weight=config.loss.get('moe_aux_weight', 0.0))
+               moe=config.model.moe_experts > 0,
+               moe_aux_weight=config.loss.moe_aux_weight)
 
 
 def weighted_mean(values: jax.Array, weights: jax.Array) -> jax.Array:

@@ -59,12 +59,32 @@ def assert_same_losses(a, b, steps):
       assert abs(a[s][key] - b[s][key]) <= 1e-5 * max(1.0, abs(a[s][key])), (s, key, a[s][key], b[s][key])
 
 
+EVAL = ['--config.eval.evaluators=text_perplexity,masked_patch_psnr,shapes',
+        '--config.eval.num_examples=2', '--config.eval.batch_size=2',
+        '--config.eval.max_new_tokens=4', '--config.eval.sample_steps=2']
+
+
 def test_two_processes_killed_and_resumed_match_an_uninterrupted_run(tmp_path):
+  """Two processes (a data-parallel mesh over both) train, are killed, resume, and match an
+  uninterrupted two-process run step for step; that run's evaluation at its end (every
+  process takes part, the model sharded as it trained) equals one process evaluating the
+  same checkpoint."""
   common = ['--config.train.steps=4', '--config.checkpoint.every=2']
   def launch(workdir, *extra):
     return local_launch.launch(train_cmd(workdir, *common, *extra), num_processes=2,
                                devices_per_process=1, log_dir=str(tmp_path / 'logs'))
-  assert launch(tmp_path / 'straight') == 0
+  assert launch(tmp_path / 'straight', '--config.eval.at_end=true', *EVAL) == 0
+  with open(tmp_path / 'straight' / 'eval' / '4.json') as f:
+    two_processes = json.load(f)['metrics']
+  one = subprocess.run([sys.executable, '-m', 'dvlm_jax.eval', '--workdir',
+                        str(tmp_path / 'straight')], cwd=ROOT, capture_output=True, text=True,
+                       env=dict(os.environ, JAX_PLATFORMS='cpu'), timeout=600)
+  assert one.returncode == 0, one.stderr[-3000:]
+  with open(tmp_path / 'straight' / 'eval' / '4.json') as f:
+    one_process = json.load(f)['metrics']
+  assert sorted(one_process) == sorted(two_processes) and 'shapes/generation/colour' in one_process
+  for key, value in one_process.items():
+    assert abs(value - two_processes[key]) <= 1e-4 * max(1.0, abs(value)), (key, value)
   assert launch(tmp_path / 'broken', '--config.debug.crash_at_step=3') == 17   # killed
   assert sorted(os.listdir(tmp_path / 'broken' / 'checkpoints')) == ['2']
   assert launch(tmp_path / 'broken') == 0                                       # resumed

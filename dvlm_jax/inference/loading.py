@@ -3,9 +3,10 @@
   loaded = load('runs/small')                 # newest checkpoint
   loaded = load('runs/small', step=300, ema=True)
 
-Parameters are restored only through `checkpoints.restore_params`, onto one device
-(inference and evaluation on one accelerator or the CPU); nothing else of the train
-state (optimizer, data iterator) is read.
+Parameters are restored only through `checkpoints.restore_params`, sharded as they
+trained: over the run's mesh (`inference_mesh`) by the run's logical rules, so a model
+too large for one device is evaluated sharded and every process of a multi-host job
+holds its own shards. Nothing else of the train state (optimizer, data iterator) is read.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import flax.linen as nn
 import jax
 
 from dvlm_jax import config as cfg_lib
+from dvlm_jax import sharding
 from dvlm_jax.data import layout
 from dvlm_jax.model.dvlm import DreamVLM
 from dvlm_jax.model.layers import ModelConfig
@@ -76,8 +78,20 @@ def build_model(config) -> DreamVLM:
   return DreamVLM(ModelConfig.from_config(config))
 
 
-def abstract_params(model: DreamVLM, config, device=None):
-  """ShapeDtypeStructs of the params on one device; allocates nothing.
+def inference_mesh(config) -> jax.sharding.Mesh:
+  """The run's mesh (config.mesh) over this job's devices when it fits them; otherwise
+  every device on the fsdp axis (a run trained on 64 chips, evaluated on one)."""
+  try:
+    return sharding.make_mesh(config)
+  except ValueError:
+    fallback = cfg_lib.ConfigDict(config.to_dict())
+    fallback.mesh.update(data=1, fsdp=-1, expert=1, tensor=1)
+    return sharding.make_mesh(fallback)
+
+
+def abstract_params(model: DreamVLM, config, mesh: jax.sharding.Mesh):
+  """ShapeDtypeStructs of the params, sharded over `mesh` by the config's logical rules
+  (as in training); allocates nothing.
 
   Parameter shapes do not depend on the sequence length (rotary positions, no table),
   so a one-token-row batch of the contract is enough to trace init.
@@ -85,9 +99,12 @@ def abstract_params(model: DreamVLM, config, device=None):
   cfg = dataclasses.replace(layout.LayoutConfig.from_config(config), seq_len=1)
   spec = layout.batch_spec(cfg, 1)
   batch = {k: jax.ShapeDtypeStruct(shape, dtype) for k, (shape, dtype) in spec.items()}
-  shapes = nn.unbox(jax.eval_shape(model.init, jax.random.key(0), batch))['params']
-  sharding = jax.sharding.SingleDeviceSharding(device or jax.devices()[0])
-  return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes)
+  rules = sharding.rules(config)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    boxed = jax.eval_shape(model.init, jax.random.key(0), batch)['params']
+    shardings = sharding.logical_shardings(boxed, mesh, rules)
+  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                      nn.unbox(boxed), shardings)
 
 
 def load(workdir: str, step: int | None = None, ema: bool = False) -> Loaded:
@@ -105,6 +122,6 @@ def load(workdir: str, step: int | None = None, ema: bool = False) -> Loaded:
     raise FileNotFoundError(f'checkpoint {chosen} of {workdir!r} has no {item!r}{hint}')
   model = build_model(config)
   # step None: the newest step that restores (a damaged one is skipped with a warning).
-  params, restored = checkpoints.restore_params(workdir, abstract_params(model, config),
-                                                step=step, ema=ema)
+  abstract = abstract_params(model, config, inference_mesh(config))
+  params, restored = checkpoints.restore_params(workdir, abstract, step=step, ema=ema)
   return Loaded(config, model, params, int(restored))

@@ -19,6 +19,9 @@ from typing import Any, Sequence
 
 import ml_collections
 
+from dvlm_jax.data import layout  # the layout knows an image's length
+from dvlm_jax.data import tokenizer as tok_lib  # and the tokenizer its size
+
 ConfigDict = ml_collections.ConfigDict
 
 
@@ -354,7 +357,6 @@ def validate(c: ConfigDict) -> None:
   _check(isinstance(m.rope_axes, str) and set(m.rope_axes) <= set('tyx')
          and {'y', 'x'} <= set(m.rope_axes), 'model.rope_axes',
          f"letters t, y, x with both y and x (e.g. 'ttyx', 'yxt', 'yx'), got {m.rope_axes!r}")
-  from dvlm_jax.data import tokenizer as tok_lib  # data knows the tokenizer size
   if c.data.tokenizer == 'byte':  # a SentencePiece model is checked when loaded
     _check(m.vocab_size >= tok_lib.ByteTokenizer().vocab_size, 'model.vocab_size',
            f'{m.vocab_size} < byte tokenizer size {tok_lib.ByteTokenizer().vocab_size}')
@@ -398,7 +400,7 @@ def validate(c: ConfigDict) -> None:
   _check(d.noise_samples >= 1, 'diffusion.noise_samples', 'must be >= 1')
   _check(d.target in ('pixels', 'residual'), 'diffusion.target', f'pixels | residual, got {d.target!r}')
 
-  image_tokens = image_token_count(c)
+  image_tokens = layout.image_tokens(c.image.scales, c.image.dual_copy)
   _check(c.data.seq_len >= image_tokens + 8, 'data.seq_len',
          f'{c.data.seq_len} cannot hold one image ({image_tokens} tokens with markers)')
   _check(c.data.batch_size >= 1, 'data.batch_size', 'must be >= 1')
@@ -470,12 +472,6 @@ def _validate_eval(e: ConfigDict) -> None:
   _check(e.temperature >= 0, 'eval.temperature', 'must be >= 0')
   _check(0.0 < e.mask_ratio < 1.0, 'eval.mask_ratio', f'must lie in (0, 1), got {e.mask_ratio}')
   _check(e.split in ('validation', 'test'), 'eval.split', f'validation | test, got {e.split!r}')
-
-
-def image_token_count(c: ConfigDict) -> int:
-  """Tokens one image takes in a row: markers, and one or two copies per scale."""
-  copies = 2 if c.image.dual_copy else 1
-  return 2 + sum(1 + copies * s * s for s in c.image.scales)
 
 
 def to_json(c: ConfigDict) -> str:

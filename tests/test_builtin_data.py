@@ -305,7 +305,7 @@ def test_inspect_cli_rejects_unknown_keys(small_experiment, tmp_path, capsys):
 
 def test_batches_fail_clearly_when_no_document_fits():
   config = small_config()
-  config.data.seq_len = config_lib.image_token_count(config) + 8  # an image, but no caption
+  config.data.seq_len = layout.LayoutConfig.from_config(config).image_tokens + 8  # an image, but no caption
   config.image.caption_dropout = 0.0
   config.data.builtin_generation = 1.0
   config.data.builtin_text = 0.0

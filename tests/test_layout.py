@@ -217,7 +217,7 @@ def test_from_config_reads_defaults():
   cfg = layout.LayoutConfig.from_config(c)
   assert cfg.seq_len == c.data.seq_len and cfg.scales == tuple(c.image.scales)
   assert cfg.patch_dim == c.image.patch_size ** 2 * 3
-  assert cfg.image_tokens == config_lib.image_token_count(c)
+  assert cfg.image_tokens == 2 + sum(1 + 2 * s * s for s in c.image.scales)   # dual copy
 
 
 def test_patchify_order_and_identity_resize():

@@ -34,6 +34,12 @@ Item = str | np.ndarray
 Document = Sequence[Item]
 
 
+def image_tokens(scales: Sequence[int], dual_copy: bool) -> int:
+  """Tokens one image takes: <IMG>, <IMG_END>, and per scale a marker plus its copies."""
+  copies = 2 if dual_copy else 1
+  return 2 + sum(1 + copies * s * s for s in scales)
+
+
 class CapacityError(ValueError):
   """A batch row holds more positions of some kind than its capacity (names the key)."""
 
@@ -136,9 +142,7 @@ class LayoutConfig:
 
   @property
   def image_tokens(self) -> int:
-    """Tokens one image takes: <IMG>, <IMG_END>, and per scale a marker plus its copies."""
-    copies = 2 if self.dual_copy else 1
-    return 2 + sum(1 + copies * s * s for s in self.scales)
+    return image_tokens(self.scales, self.dual_copy)
 
   def capacity_bounds(self) -> Capacities:
     """What a row can hold at most: every position text, or as many images as fit

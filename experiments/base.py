@@ -15,6 +15,9 @@ def get_config(arg=None):
   c.diffusion.depth = 3
   c.image.patch_size = 16
   c.image.scales = (2, 4, 8, 16)          # 16 x 16 patches of 16 px = 256-px images
+  # Procedural shapes documents at the image size, no files (what the benchmarks time);
+  # the built sets (data.mixture) with --config.data.source=tfds (docs/data.md).
+  c.data.source = 'builtin'
   c.data.seq_len = 4096
   c.data.batch_size = 64
   c.model.dtype = 'bfloat16'

@@ -7,6 +7,7 @@ before JAX is imported; the commands inherit it through the environment. The siz
 turns on JAX's file lock, so concurrent processes never read a half-written entry.
 """
 
+import dataclasses
 import os
 import tempfile
 
@@ -25,6 +26,11 @@ from dvlm_jax.model.dvlm import DreamVLM
 from dvlm_jax.model.layers import ModelConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def layout_config(**fields) -> layout.LayoutConfig:
+  """The default config's layout with `fields` changed."""
+  return dataclasses.replace(layout.LayoutConfig.from_config(cfg_lib.defaults()), **fields)
 
 
 def tiny_config(arg=None, **overrides):

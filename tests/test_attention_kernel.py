@@ -27,7 +27,7 @@ from dvlm_jax.model.kernels import splash
 from dvlm_jax.model.kernels import tokamax_attention
 from dvlm_jax.model.dvlm import DreamVLM
 from dvlm_jax.model.layers import ModelConfig
-from tests.conftest import ROOT, build, image_batch, tiny_config
+from tests.conftest import ROOT, build, image_batch, layout_config, tiny_config
 
 TEXT = contract.MODALITY_TEXT
 SEQ = 120          # not a multiple of the blocks: the wrapper pads
@@ -43,7 +43,7 @@ def packed_rows(seed, seq_len=SEQ, batch_size=B):
   images share a row; rows end in padding.
   """
   rng = np.random.default_rng(seed)
-  cfg = layout.LayoutConfig(seq_len=seq_len, patch_size=2, scales=(2, 4), caption_dropout=0.0)
+  cfg = layout_config(seq_len=seq_len, patch_size=2, scales=(2, 4), caption_dropout=0.0)
   img = lambda: rng.integers(0, 256, size=(8, 8, 3), dtype=np.uint8)
   txt = lambda n: ''.join(rng.choice(list('abcdefgh '), size=n))
   docs = [[txt(5), img(), txt(7)], [txt(9)], [img(), txt(4)], [txt(3), img(), txt(2), img()],

@@ -53,6 +53,8 @@ def test_overrides_are_typed():
     ('model.core_layers=three', "model.core_layers"),       # wrong type
     ('image.scales=4,2', "image.scales"),                   # not increasing
     ('image.scales=2,2', "image.scales"),
+    ('image.scales=1,2,3,4,5,6,7,8,9', "image.scales"),     # more than the marker tokens
+    ('image.targets=all', "image.targets"),
     ('image.patch_size=0', "image.patch_size"),
     ('image.attention=sideways', "image.attention"),
     ('image.target_shift=2', "image.target_shift"),

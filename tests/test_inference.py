@@ -23,7 +23,7 @@ from dvlm_jax.inference import images as images_lib
 from dvlm_jax.inference import sequence, text as text_lib
 from dvlm_jax.inference.api import VLM
 from dvlm_jax import generate
-from tests.conftest import ROOT
+from tests.conftest import ROOT, layout_config
 
 PROMPTS = ['a red circle', 'two blue squares above a green star']   # different lengths
 
@@ -374,7 +374,7 @@ def test_inpainting_keeps_unmasked_pixels_bit_identical(vlm):
 
 
 def test_patch_masks_cover_every_masked_pixel():
-  cfg = layout.LayoutConfig(seq_len=256, patch_size=4, scales=(2, 4))
+  cfg = layout_config(seq_len=256, patch_size=4, scales=(2, 4))
   rng = np.random.default_rng(0)
   for _ in range(20):
     h, w = rng.integers(5, 40, size=2)

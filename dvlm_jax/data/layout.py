@@ -76,48 +76,31 @@ def row_counts(fields: dict[str, np.ndarray]) -> np.ndarray:
 
 @dataclasses.dataclass(frozen=True)
 class LayoutConfig:
-  """How documents become token rows; mirrors config.data.seq_len and config.image.*."""
+  """How documents become token rows: config.data.seq_len, config.image.* and the
+  capacities, read by `from_config`. The defaults and the checks are the config's
+  (`config.defaults`, `config.validate`); tests vary one with `dataclasses.replace`."""
   seq_len: int
   patch_size: int
   scales: tuple[int, ...]          # patches per side, coarse to fine
-  dual_copy: bool = True
-  image_attention: str = 'bidirectional'   # or 'causal'
-  target_shift: int = 1            # position t predicts the patch at t + shift
-  image_targets: str = 'masked'    # 'masked' | 'next_patch'
-  mask_ratio_min: float = 0.25
-  mask_ratio_max: float = 0.75
-  share_unmasked: float = 0.1
-  share_fully_masked: float = 0.1
-  caption_dropout: float = 0.1
-  imgen_residual: bool = False     # diffusion.target == 'residual' (`upsampled_base`)
+  dual_copy: bool
+  image_attention: str             # 'bidirectional' | 'causal'
+  target_shift: int                # position t predicts the patch at t + shift
+  image_targets: str               # 'masked' | 'next_patch'
+  mask_ratio_min: float
+  mask_ratio_max: float
+  share_unmasked: float
+  share_fully_masked: float
+  caption_dropout: float
+  imgen_residual: bool             # diffusion.target == 'residual' (`upsampled_base`)
   # Per-row bounds of each stage's stream (`Capacities`, `CAPACITY_KEYS`); 0 = the bound
   # the layout itself implies.
-  max_text_tokens: int = 0
-  max_image_tokens: int = 0
-  max_text_targets: int = 0
-  max_image_targets: int = 0
+  max_text_tokens: int
+  max_image_tokens: int
+  max_text_targets: int
+  max_image_targets: int
 
   def __post_init__(self):
     object.__setattr__(self, 'scales', tuple(int(s) for s in self.scales))
-    s = self.scales
-    if not s or any(x <= 0 for x in s) or any(a >= b for a, b in zip(s, s[1:])):
-      raise ValueError(f'scales must be positive and strictly increasing, got {s}')
-    if len(s) > tok.MAX_SCALES:
-      raise ValueError(f'at most {tok.MAX_SCALES} scales (marker tokens), got {len(s)}')
-    if self.patch_size <= 0 or self.seq_len <= 0:
-      raise ValueError(f'patch_size and seq_len must be positive, got '
-                       f'{self.patch_size}, {self.seq_len}')
-    if self.image_attention not in ('bidirectional', 'causal'):
-      raise ValueError(f'image_attention: bidirectional | causal, got {self.image_attention!r}')
-    if self.target_shift not in (0, 1):
-      raise ValueError(f'target_shift must be 0 or 1, got {self.target_shift}')
-    if self.image_targets not in ('masked', 'next_patch'):
-      raise ValueError(f'image_targets: masked | next_patch, got {self.image_targets!r}')
-    if not 0.0 <= self.mask_ratio_min <= self.mask_ratio_max <= 1.0:
-      raise ValueError('need 0 <= mask_ratio_min <= mask_ratio_max <= 1')
-    if (self.share_unmasked < 0 or self.share_fully_masked < 0
-        or self.share_unmasked + self.share_fully_masked > 1.0):
-      raise ValueError('share_unmasked + share_fully_masked must lie in [0, 1]')
 
   @classmethod
   def from_config(cls, config) -> 'LayoutConfig':
@@ -132,9 +115,7 @@ class LayoutConfig:
         share_fully_masked=float(i.share_fully_masked),
         caption_dropout=float(i.caption_dropout),
         imgen_residual=config.diffusion.target == 'residual',
-        # .get: run directories written before capacities existed have no such keys.
-        **{key.split('.')[1]: int(config.data.get(key.split('.')[1], 0))
-           for key in CAPACITY_KEYS})
+        **{key.split('.')[1]: int(config.data[key.split('.')[1]]) for key in CAPACITY_KEYS})
 
   @property
   def patch_dim(self) -> int:

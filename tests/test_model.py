@@ -443,7 +443,8 @@ def test_scale_weighting_weighs_each_scale_once():
            'scale': jnp.asarray([[1, 1, 1, 2, 3]])}
   results = {}
   for weighting in ('token', 'scale'):
-    cfg = losses.LossConfig(1.0, 1.0, 1.0, True, 3, None, scale_weighting=weighting)
+    cfg = losses.LossConfig(1.0, 1.0, 1.0, True, 3, None, scale_weighting=weighting, moe=False,
+                            moe_aux_weight=0.0)
     metrics = {}
     results[weighting] = float(losses._image_part('imun', per_position, batch['image_weights'],
                                                        batch['scale'], cfg, metrics))

@@ -77,10 +77,11 @@ DenoiseFn = Callable[[jax.Array, jax.Array], jax.Array]   # (x_t, t) -> predicti
 
 @dataclasses.dataclass(frozen=True)
 class DiffusionObjective:
-  objective: str = 'flow'
-  schedule: str = 'cosine'
-  sample_steps: int = 32
-  noise_samples: int = 1
+  """config.diffusion's objective, schedule and step counts (the defaults are the config's)."""
+  objective: str        # flow | eps | v
+  schedule: str         # cosine | linear (eps / v)
+  sample_steps: int
+  noise_samples: int
 
   @classmethod
   def from_config(cls, config) -> 'DiffusionObjective':

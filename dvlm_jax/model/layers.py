@@ -26,7 +26,8 @@ Dtype = Any
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-  """The static part of `config.model` (+ image/diffusion sizes) the modules read."""
+  """The static part of `config.model` (+ image/diffusion sizes) the modules read; built
+  by `from_config` (the defaults are the config's)."""
   vocab_size: int
   d_model: int
   n_heads: int
@@ -43,29 +44,29 @@ class ModelConfig:
   diffusion_head: bool
   patch_dim: int
   num_scales: int
-  mask_token: bool = True       # images may be masked (False for next-patch targets)
-  rope_theta: float = 10_000.0
-  rope_axes: str = 'ttyx'
-  image_pos_embed: bool = False
-  norm_eps: float = 1e-6
-  tie_embeddings: bool = False
-  dtype: Dtype = jnp.float32
-  param_dtype: Dtype = jnp.float32
-  remat: str = 'none'
-  scan_layers: bool = True
-  attention: str = 'xla'
-  init_std: float = 0.02
-  diffusion_width: int = 256
-  diffusion_depth: int = 3
+  mask_token: bool   # images may be masked (False for next-patch targets)
+  rope_theta: float
+  rope_axes: str
+  image_pos_embed: bool
+  norm_eps: float
+  tie_embeddings: bool
+  dtype: Dtype
+  param_dtype: Dtype
+  remat: str
+  scan_layers: bool
+  attention: str
+  init_std: float
+  diffusion_width: int
+  diffusion_depth: int
   # Mixture of experts in the core stack (0 experts = dense MLP); see MoEMLP.
-  moe_experts: int = 0
-  moe_top_k: int = 2
-  moe_capacity_factor: float = 1.25
-  moe_group_size: int = 512
-  moe_mlp_dim: int = 0
+  moe_experts: int
+  moe_top_k: int
+  moe_capacity_factor: float
+  moe_group_size: int
+  moe_mlp_dim: int
   # Per-row slots of the text-in, image-in, text-out and image-out streams of a training
   # call (`layout.Capacities`); 0 = the call's row length.
-  capacities: tuple[int, int, int, int] = (0, 0, 0, 0)
+  capacities: tuple[int, int, int, int]
 
   @classmethod
   def from_config(cls, config) -> 'ModelConfig':
@@ -84,7 +85,6 @@ class ModelConfig:
         dtype=jnp.dtype(m.dtype), param_dtype=jnp.dtype(m.param_dtype), remat=m.remat,
         scan_layers=m.scan_layers, attention=m.attention, init_std=m.init_std,
         diffusion_width=d.width, diffusion_depth=d.depth,
-        # .get: a run directory written before MoE existed has no moe_* keys (dense).
         moe_experts=m.moe_experts, moe_top_k=m.moe_top_k,
         moe_capacity_factor=m.moe_capacity_factor,
         moe_group_size=m.moe_group_size, moe_mlp_dim=m.moe_mlp_dim,

@@ -38,9 +38,9 @@ class LossConfig:
   imun_norm_pix: bool
   num_scales: int
   objective: DiffusionObjective
-  scale_weighting: str = 'token'   # token | scale (see the module docstring)
-  moe: bool = False             # the core has experts: collect their sown statistics
-  moe_aux_weight: float = 0.0
+  scale_weighting: str          # token | scale (see the module docstring)
+  moe: bool                     # the core has experts: collect their sown statistics
+  moe_aux_weight: float
 
   @classmethod
   def from_config(cls, config) -> 'LossConfig':

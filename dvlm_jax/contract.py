@@ -17,15 +17,14 @@ scope id and k <= end[q]. Each stage applies it with its own scope (`stage_scope
   imgen_out   image-loss positions   every position    document               attn_end
 
 (At inference the out stages run at the positions whose heads are read instead.) The
-functions take numpy arrays (the FLOP counter, inspect) or jax arrays (the model, traced)
-and answer in kind.
+functions take numpy arrays (the FLOP counter, inspect, data workers) or jax arrays (the
+model, traced) and answer in kind, through the array API: this module imports no jax.
 """
 
 from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-import jax.numpy as jnp
 import numpy as np
 
 # `modality`: what a position holds.
@@ -48,7 +47,9 @@ class StageScope(NamedTuple):
 
 
 def _xp(*arrays):
-  return np if all(isinstance(a, np.ndarray) for a in arrays) else jnp
+  """The arrays' namespace: jax.numpy when any is a jax array (or tracer), else numpy."""
+  spaces = {a.__array_namespace__() for a in arrays}
+  return next((s for s in spaces if s is not np), np)
 
 
 def stage_scopes(batch: dict[str, Any]) -> dict[str, StageScope]:

@@ -7,12 +7,27 @@
 This module stays free of jax imports: config validation reads the names below.
 """
 
-# config.eval.evaluators names -> what they measure (classes in runner.EVALUATOR_CLASSES).
+import importlib
+
+# config.eval.evaluators names -> the class that runs it ('module.Class' in this package,
+# imported only when it runs) and what it measures. The one registry.
 EVALUATORS = {
-    'text_perplexity': 'LM loss and perplexity of held-out captions (plain forward pass)',
-    'masked_patch_psnr': 'imun reconstruction PSNR and MSE of masked patches, per scale',
-    'shapes': 'caption and generation accuracy per attribute on shapes scenes',
-    'glyphs': 'letter and small-shape accuracy of captions of glyph pictures',
-    'inpainting': 'MSE/PSNR inside an inpainted region, unchanged pixels outside',
-    'surprisal': 'AUROC of the surprise of pictures edited against their caption vs clean ones',
+    'text_perplexity': ('text_perplexity.TextPerplexity',
+                        'LM loss and perplexity of held-out captions (plain forward pass)'),
+    'masked_patch_psnr': ('reconstruction.MaskedPatchPSNR',
+                          'imun reconstruction PSNR and MSE of masked patches, per scale'),
+    'shapes': ('shapes_eval.ShapesEval',
+               'caption and generation accuracy per attribute on shapes scenes'),
+    'glyphs': ('shapes_eval.GlyphsEval',
+               'letter and small-shape accuracy of captions of glyph pictures'),
+    'inpainting': ('inpainting.InpaintingError',
+                   'MSE/PSNR inside an inpainted region, unchanged pixels outside'),
+    'surprisal': ('surprisal.SurprisalAUROC',
+                  'AUROC of the surprise of pictures edited against their caption vs clean ones'),
 }
+
+
+def evaluator_class(name: str) -> type:
+  """The class registered as `name` in EVALUATORS."""
+  module, cls = EVALUATORS[name][0].rsplit('.', 1)
+  return getattr(importlib.import_module(f'{__name__}.{module}'), cls)

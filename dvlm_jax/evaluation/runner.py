@@ -32,24 +32,9 @@ import time
 
 import jax
 
+from dvlm_jax import evaluation
 from dvlm_jax.evaluation import grid as grid_lib
-from dvlm_jax.evaluation.inpainting import InpaintingError
-from dvlm_jax.evaluation.reconstruction import MaskedPatchPSNR
-from dvlm_jax.evaluation.shapes_eval import GlyphsEval, ShapesEval
-from dvlm_jax.evaluation.surprisal import SurprisalAUROC
-from dvlm_jax.evaluation.text_perplexity import TextPerplexity
 from dvlm_jax.inference.images import Unsupported
-
-# Keys are dvlm_jax.evaluation.EVALUATORS (checked by config validation and the tests).
-EVALUATOR_CLASSES = {
-    'text_perplexity': TextPerplexity,
-    'masked_patch_psnr': MaskedPatchPSNR,
-    'shapes': ShapesEval,
-    'glyphs': GlyphsEval,
-    'inpainting': InpaintingError,
-    'surprisal': SurprisalAUROC,
-}
-
 
 # The numbers of the one-line summary during training; everything is in the record.
 HEADLINE = ('text/perplexity', 'recon/psnr', 'shapes/caption/scene', 'shapes/generation/scene',
@@ -95,10 +80,10 @@ def evaluate(vlm, config, step: int, workdir: str, *, tag: str = '') -> dict[str
   """
   metrics, chance, not_applicable, seconds, grids = {}, {}, {}, {}, {}
   for name in config.eval.evaluators:
-    if name not in EVALUATOR_CLASSES:
-      raise ValueError(f'eval.evaluators: unknown {name!r}; choose from {list(EVALUATOR_CLASSES)}')
+    if name not in evaluation.EVALUATORS:
+      raise ValueError(f'eval.evaluators: unknown {name!r}; choose from {list(evaluation.EVALUATORS)}')
     start = time.perf_counter()
-    evaluator = EVALUATOR_CLASSES[name](config)
+    evaluator = evaluation.evaluator_class(name)(config)
     try:
       found = evaluator.run(vlm, step)
     except Unsupported as e:   # this variant cannot be asked for any of its metrics

@@ -64,7 +64,7 @@ EVAL = ['--config.eval.evaluators=text_perplexity,masked_patch_psnr',
 
 
 def test_two_processes_killed_and_resumed_match_an_uninterrupted_run(tmp_path):
-  """Two processes (a data-parallel mesh over both) train, are killed, resume, and match an
+  """Two processes (one fsdp mesh over both: the params sharded) train, are killed, resume, and match an
   uninterrupted two-process run step for step; that run's evaluation at its end (every
   process takes part, the model sharded as it trained) equals one process evaluating the
   same checkpoint."""

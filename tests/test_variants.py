@@ -1,9 +1,10 @@
 """Every variant of the study runs end to end: the dream config, each ablation in
 `config.ABLATIONS` and the Janus-like baseline train a few steps, save, and are evaluated
-from their checkpoint as `python -m dvlm_jax.study` does: captions, generation, surprisal,
-perplexity and reconstruction. What a variant cannot do is n/a with a reason; everything
+from their checkpoint as `python -m dvlm_jax.study` does: captions, generation, surprisal
+and reconstruction. What a variant cannot do is n/a with a reason; everything
 else is a finite number. (Inpainting and self-correction, whose code paths the variants
-share, are covered on four variants by test_evaluation's n/a test.)"""
+share, are covered on four variants by test_evaluation's n/a test; perplexity is the
+training forward pass.)"""
 
 import json
 import math

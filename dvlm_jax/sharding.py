@@ -103,6 +103,17 @@ def logical_shardings(abstract_tree, mesh: Mesh, axis_rules) -> Any:
   return nn.logical_to_mesh_sharding(specs, mesh, axis_rules)
 
 
+def abstract_sharded(init, mesh: Mesh, axis_rules, *args):
+  """(ShapeDtypeStructs carrying their shardings, the shardings) of what `init(*args)`
+  returns, its boxed leaves placed by their logical axes; allocates nothing."""
+  with jax.set_mesh(mesh), nn.logical_axis_rules(axis_rules):
+    abstract = jax.eval_shape(init, *args)
+    shardings = logical_shardings(abstract, mesh, axis_rules)
+  structs = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                         nn.unbox(abstract), shardings)
+  return structs, shardings
+
+
 def batch_sharding(mesh: Mesh, axis_rules) -> NamedSharding:
   """Every batch field is split over its leading (batch) dimension."""
   spec = nn.logical_to_mesh_axes(('batch',), axis_rules)

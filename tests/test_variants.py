@@ -26,24 +26,22 @@ OVERRIDES = ['train.steps=2', 'checkpoint.every=1000', 'eval.evaluators=' + ','.
              'eval.sample_steps=2']
 
 
-def variant_config(variant):
+def variant_spec(variant):
   if variant == 'janus':
-    return cfg_lib.load(os.path.join(ROOT, 'experiments', 'janus.py') + ':tiny', OVERRIDES)
-  return cfg_lib.load(TINY + ('' if variant == 'dream' else f':{variant}'), OVERRIDES)
+    return os.path.join(ROOT, 'experiments', 'janus.py') + ':tiny'
+  return TINY + ('' if variant == 'dream' else f':{variant}')
 
 
 @pytest.mark.parametrize('variant', VARIANTS)
 def test_variant_trains_and_evaluates_from_its_checkpoint(variant, tmp_path):
-  from dvlm_jax import train
-  from dvlm_jax.evaluation import runner
-  from dvlm_jax.inference.api import VLM
-  workdir = str(tmp_path)
-  train.train(variant_config(variant), workdir)
-  vlm = VLM.from_workdir(workdir)
-  assert vlm.step == 2
-  metrics = runner.evaluate(vlm, vlm.config, vlm.step, workdir)
+  from dvlm_jax import study as study_lib
+  study = study_lib.Study(TINY, {variant: variant_spec(variant)}, variant, (0,),
+                          tuple(OVERRIDES), (), str(tmp_path))
+  study_lib.run_one(study, variant, 0, 2)    # what the study runs: train, restore, evaluate
+  workdir = study.runs()[0].workdir
   with open(os.path.join(workdir, 'eval', '2.json')) as f:
     record = json.load(f)
+  metrics = record['metrics']
   assert metrics and all(math.isfinite(v) for v in metrics.values()), metrics
   assert all(reason for reason in record['not_applicable'].values())
   # Every evaluator either scored something or says why it could not.

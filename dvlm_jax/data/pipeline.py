@@ -397,10 +397,11 @@ class BuiltinBatches(grain.DatasetIterator):
     self._config = config
     rows = local_batch_size(config, process_count)
     self._rows = slice(process_index * rows, (process_index + 1) * rows)
+    self._tokenizer = load_tokenizer(config)   # once: a restore only replays the stream
     self._reset(0)
 
   def _reset(self, produced: int) -> None:
-    self._stream = builtin.batches(self._config, tokenizer=load_tokenizer(self._config))
+    self._stream = builtin.batches(self._config, tokenizer=self._tokenizer)
     for _ in range(produced):
       next(self._stream)
     self._produced = produced

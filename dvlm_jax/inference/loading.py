@@ -16,7 +16,6 @@ import json
 import os
 from typing import Any
 
-import flax.linen as nn
 import jax
 
 from dvlm_jax import config as cfg_lib
@@ -99,12 +98,9 @@ def abstract_params(model: DreamVLM, config, mesh: jax.sharding.Mesh):
   cfg = dataclasses.replace(layout.LayoutConfig.from_config(config), seq_len=1)
   spec = layout.batch_spec(cfg, 1)
   batch = {k: jax.ShapeDtypeStruct(shape, dtype) for k, (shape, dtype) in spec.items()}
-  rules = sharding.rules(config)
-  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    boxed = jax.eval_shape(model.init, jax.random.key(0), batch)['params']
-    shardings = sharding.logical_shardings(boxed, mesh, rules)
-  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                      nn.unbox(boxed), shardings)
+  structs, _ = sharding.abstract_sharded(lambda rng, b: model.init(rng, b)['params'], mesh,
+                                         sharding.rules(config), jax.random.key(0), batch)
+  return structs
 
 
 def load(workdir: str, step: int | None = None, ema: bool = False) -> Loaded:

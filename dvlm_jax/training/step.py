@@ -41,14 +41,8 @@ def abstract_state(model, optimizer, example_batch, rng, mesh, axis_rules, *, em
   The abstract init gives the logical names of every leaf, the rules map them to the mesh.
   `example_batch` may be arrays or jax.ShapeDtypeStructs.
   """
-  init = _boxed_init(model, optimizer, ema)
   batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), example_batch)
-  with jax.set_mesh(mesh), nn.logical_axis_rules(axis_rules):
-    abstract = jax.eval_shape(init, rng, batch)
-    shardings = sharding.logical_shardings(abstract, mesh, axis_rules)
-  structs = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                         nn.unbox(abstract), shardings)
-  return structs, shardings
+  return sharding.abstract_sharded(_boxed_init(model, optimizer, ema), mesh, axis_rules, rng, batch)
 
 
 def init_state(model, optimizer, example_batch, rng, mesh, axis_rules, *, ema: bool = False):

@@ -53,7 +53,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from dvlm_jax import config as cfg_lib  # noqa: E402
 from dvlm_jax import contract  # noqa: E402
-from dvlm_jax.data import builtin  # noqa: E402
+from dvlm_jax.data import pipeline  # noqa: E402
 from dvlm_jax.model import attention  # noqa: E402
 from dvlm_jax.model.kernels import range_attention as ra  # noqa: E402
 from dvlm_jax.model.kernels import tokamax_attention  # noqa: E402
@@ -106,7 +106,7 @@ def packed_rows(layout_spec: str, length: int, rows: int, seed: int):
   """A packed batch of built-in documents with the layout settings of `layout_spec`."""
   config = cfg_lib.load(layout_spec, [f'data.seq_len={length}', f'data.batch_size={rows}',
                                       f'data.seed={seed}'])
-  return builtin.fixed_batch(config)
+  return pipeline.first_batch(config)
 
 
 def stage_inputs(batch, scope: str):

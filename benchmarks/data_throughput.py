@@ -140,7 +140,7 @@ def end_to_end(config, sources, workers: int, batches: int, profile: bool = Fals
   """(wall seconds, cpu seconds, rows, tokens) for `batches` batches after a warm-up."""
   config = cfg_lib.ConfigDict(config)
   config.data.worker_count = workers
-  it = pipeline.make_iterator(config, process_index=0, process_count=1, sources=sources)
+  it = pipeline.batches_for(config, process_index=0, process_count=1, sources=sources)
   try:
     next(it)   # start-up (worker processes, first reads) is not throughput
     next(it)

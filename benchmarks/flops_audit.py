@@ -41,7 +41,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from dvlm_jax import cli  # noqa: E402
 from dvlm_jax import config as cfg_lib  # noqa: E402
 from dvlm_jax import contract  # noqa: E402
-from dvlm_jax.data import builtin, layout  # noqa: E402
+from dvlm_jax.data import layout, pipeline  # noqa: E402
 from dvlm_jax.model import dvlm  # noqa: E402
 from dvlm_jax.model.dvlm import DreamVLM  # noqa: E402
 from dvlm_jax.model.kernels import range_attention as ra  # noqa: E402
@@ -100,7 +100,7 @@ def xla_train_step_flops(config, batch) -> float:
 def main(argv=None) -> int:
   args = parse_args(argv)
   config = cfg_lib.load(args.config, [f'data.batch_size={args.rows}'] + args.overrides)
-  batch = builtin.fixed_batch(config)
+  batch = pipeline.first_batch(config)
   rows, length = batch['segment_ids'].shape
   blocks = ra.BlockSizes().clipped(length, length)
   useful = flops.stage_flops(config, batch)

@@ -40,7 +40,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from dvlm_jax import cli  # noqa: E402
 from dvlm_jax import config as cfg_lib  # noqa: E402
 from dvlm_jax import sharding  # noqa: E402
-from dvlm_jax.data import builtin  # noqa: E402
+from dvlm_jax.data import pipeline  # noqa: E402
 from dvlm_jax.model.dvlm import DreamVLM  # noqa: E402
 from dvlm_jax.model.layers import ModelConfig  # noqa: E402
 from dvlm_jax.training import flops  # noqa: E402
@@ -102,7 +102,7 @@ def main(argv=None) -> int:
 
   model = DreamVLM(ModelConfig.from_config(config))
   optimizer = optim_lib.make_optimizer(config)
-  stream = builtin.batches(config)
+  stream = pipeline.batches_for(config, process_index=0, process_count=1)
   local = [next(stream) for _ in range(args.warmup + args.steps)]
   init_rng, step_rng = jax.random.split(jax.random.key(config.train.seed))
   state, shardings = step_lib.init_state(model, optimizer, local[0], init_rng, mesh, axis_rules)

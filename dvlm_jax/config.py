@@ -101,11 +101,10 @@ def defaults() -> ConfigDict:
   c.data.seq_len = 512
   c.data.batch_size = 8         # global batch (rows)
   c.data.seed = 0
-  c.data.builtin_generation = 0.45   # built-in docs: share with caption before the image
-  c.data.builtin_text = 0.1          # built-in docs: share of text-only documents
+  # Both sources go through one Grain pipeline (dvlm_jax/data/pipeline.py).
+  c.data.builtin_text = 0.1          # builtin: share of text-only records
   c.data.builtin_max_shapes = 2
   c.data.builtin_scenes = 0          # > 0: a fixed set of this many scenes (memorisation check)
-  # Grain pipeline over built TFDS data sets (source 'tfds'; dvlm_jax/data/pipeline.py).
   c.data.data_dir = 'data'      # where `python -m dvlm_jax.data.build NAME --data_dir DIR` wrote
   c.data.split = 'train'
   # (tfds name, weight) pairs; on the command line e.g. --config.data.mixture=shapes:1,twemoji:2
@@ -341,6 +340,22 @@ def _check(ok: bool, key: str, message: str) -> None:
     raise ConfigError(f"config key '{key}': {message}")
 
 
+def _validate_data(data: ConfigDict) -> None:
+  _check(data.source in ('builtin', 'tfds'), 'data.source', f"builtin | tfds, got {data.source!r}")
+  for key in ('builtin_text', 'generation_share'):
+    _check(0.0 <= data[key] <= 1.0, f'data.{key}', f'must lie in [0, 1], got {data[key]}')
+  _check(1 <= data.builtin_max_shapes <= 9, 'data.builtin_max_shapes',
+         f'must lie in 1..9 (cells of the grid), got {data.builtin_max_shapes}')
+  _check(data.builtin_scenes >= 0, 'data.builtin_scenes',
+         f'must be >= 0 (0 = fresh scenes), got {data.builtin_scenes}')
+  _check(data.pack_lookahead >= 1, 'data.pack_lookahead', f'must be >= 1, got {data.pack_lookahead}')
+  _check(data.worker_count >= 0, 'data.worker_count', f'must be >= 0, got {data.worker_count}')
+  _check(data.max_image_pixels >= 1, 'data.max_image_pixels',
+         f'must be >= 1, got {data.max_image_pixels}')
+  _check(0.0 <= data.max_bad_fraction <= 1.0, 'data.max_bad_fraction',
+         f'must lie in [0, 1], got {data.max_bad_fraction}')
+
+
 def validate(c: ConfigDict) -> None:
   """Raises ConfigError naming the first inconsistent key."""
   m, i, d = c.model, c.image, c.diffusion
@@ -404,6 +419,7 @@ def validate(c: ConfigDict) -> None:
   _check(c.data.seq_len >= image_tokens + 8, 'data.seq_len',
          f'{c.data.seq_len} cannot hold one image ({image_tokens} tokens with markers)')
   _check(c.data.batch_size >= 1, 'data.batch_size', 'must be >= 1')
+  _validate_data(c.data)
   _validate_capacities(c)
   for key in ('text_weight', 'imun_weight', 'imgen_weight', 'moe_aux_weight'):
     _check(c.loss[key] >= 0, f'loss.{key}', 'must be >= 0')

@@ -1,6 +1,5 @@
-"""The shapes world, the built-in documents/batches, and the inspect CLI."""
+"""The shapes world, the built-in source and its batches, and the inspect CLI."""
 
-import dataclasses
 import os
 
 import numpy as np
@@ -12,12 +11,13 @@ from dvlm_jax import contract
 from dvlm_jax.data import builtin
 from dvlm_jax.data import inspect as inspect_cli
 from dvlm_jax.data import layout
+from dvlm_jax.data import pipeline
 from dvlm_jax.data import shapes
+from dvlm_jax.data import splits
 from dvlm_jax.data import tokenizer as tk
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_EXPERIMENT = os.path.join(REPO, 'experiments', 'tiny.py')
-MIX = builtin.Mix.from_config(config_lib.defaults())   # the default document mix
 
 # A stand-alone experiment file, so these tests need nothing but the data package.
 SMALL_EXPERIMENT = '''
@@ -104,7 +104,7 @@ def test_read_caption_reads_what_a_reader_would():
   red = shapes.Shape('circle', 'red', 'large', 'top', 'left')
   blue = shapes.Shape('square', 'blue', 'small', 'bottom', 'right')
   both = 'a large red circle at the top left and a small blue square at the bottom right'
-  for text in (both, both + '.', f'  A large red circle  at the top left and\na small blue '
+  for text in (both, both + '.', '  A large red circle  at the top left and\na small blue '
                'square at the bottom right', both + '. and then some'):
     assert shapes.read_caption(text) == shapes.Reading((red, blue)), text
   assert shapes.read_caption(both + '. the red circle is above the blue square') == \
@@ -148,63 +148,60 @@ def test_large_shapes_cover_more_than_small_ones():
     assert area['large'] > area['small'] > 0, (kind, area)
 
 
-# ---------------------------------------------------------------------- documents
+# ----------------------------------------------------------------------- records
 
-def _fingerprint(doc):
-  return [x if isinstance(x, str) else x.tobytes() for x in doc]
-
-
-def _take(iterator, n):
-  return [next(iterator) for _ in range(n)]
+def _records(config, n, start=0):
+  source = builtin.BuiltinSource(config)
+  return [source[i] for i in range(start, start + n)]
 
 
-def test_example_documents_are_deterministic_and_mixed():
-  first = _take(builtin.example_documents(np.random.default_rng(3), 16, MIX), 300)
-  again = _take(builtin.example_documents(np.random.default_rng(3), 16, MIX), 300)
-  other = _take(builtin.example_documents(np.random.default_rng(4), 16, MIX), 300)
-  assert [_fingerprint(d) for d in first] == [_fingerprint(d) for d in again]
-  assert [_fingerprint(d) for d in first] != [_fingerprint(d) for d in other]
-  kinds = {'generation': 0, 'understanding': 0, 'text': 0}
-  for doc in first:
-    if len(doc) == 1:
-      kinds['text'] += 1
-      assert shapes.parse_caption(doc[0]).relation is not None
-    elif isinstance(doc[0], str):
-      kinds['generation'] += 1
-      assert doc[0].startswith(builtin.GENERATION_PROMPT)
-      scene = shapes.parse_caption(doc[0][len(builtin.GENERATION_PROMPT):])
-      np.testing.assert_array_equal(doc[1], shapes.render(scene, 16))
-    else:
-      kinds['understanding'] += 1
-      np.testing.assert_array_equal(doc[0], shapes.render(shapes.parse_caption(doc[1]), 16))
-  assert all(count > 10 for count in kinds.values()), kinds
+def _fingerprint(record):
+  return (record['items'], tuple(record['texts']),
+          tuple(image.tobytes() for image in record['images']))
 
 
-def test_mix_is_configurable():
-  docs = _take(builtin.example_documents(np.random.default_rng(0), 16,
-                                         dataclasses.replace(MIX, generation=1.0, text=0.0)), 50)
-  assert all(isinstance(d[0], str) and len(d) == 2 for d in docs)
-  with pytest.raises(ValueError):
-    dataclasses.replace(MIX, generation=0.8, text=0.3)
+def test_builtin_records_are_deterministic_held_out_and_mixed():
+  config = small_config()
+  first, again = _records(config, 300), _records(config, 300)
+  config.data.seed = 1
+  other = _records(config, 300)
+  assert [_fingerprint(r) for r in first] == [_fingerprint(r) for r in again]
+  assert [_fingerprint(r) for r in first] != [_fingerprint(r) for r in other]
+  texts = [r for r in first if r['items'] == 'T']
+  pairs = [r for r in first if r['items'] == '']
+  assert 10 < len(texts) < 60 and len(texts) + len(pairs) == 300   # data.builtin_text = 0.1
+  for record in texts:
+    assert not record['images'] and shapes.parse_caption(record['texts'][0]).relation is not None
+  for record in pairs:
+    scene = shapes.parse_caption(record['texts'][0])
+    np.testing.assert_array_equal(record['images'][0], shapes.render(scene, 16))
+  # Only the training split's captions: the held-out probes' captions are never trained on.
+  assert {splits.split_by_caption(r['texts'][0]) for r in first} == {'train'}
+  assert builtin.BuiltinSource(config)[7]['id'] == 'builtin/7'
+
+
+def test_builtin_mix_is_configurable():
+  config = small_config()
+  config.data.builtin_text = 0.0
+  config.data.builtin_max_shapes = 1
+  records = _records(config, 50)
+  assert all(r['items'] == '' and len(shapes.parse_caption(r['texts'][0]).shapes) == 1
+             for r in records)
 
 
 def test_builtin_scenes_is_a_fixed_world_shared_with_the_held_out_probes():
   from dvlm_jax.evaluation.heldout import HeldOut
   from tests.conftest import tiny_config
-  mix = dataclasses.replace(MIX, generation=1.0, text=0.0, max_shapes=1, scenes=3)
+  config = tiny_config(data__builtin_scenes=3, data__builtin_max_shapes=1, data__builtin_text=0.0)
+  mix = builtin.Mix.from_config(config)
   fixed = builtin.fixed_scenes(mix)
   assert len(fixed) == 3 and fixed == builtin.fixed_scenes(mix)   # the same set every time
-  captions = {builtin.GENERATION_PROMPT + shapes.caption(scene) for scene in fixed}
-  docs = _take(builtin.example_documents(np.random.default_rng(0), 16, mix), 60)
-  assert {d[0] for d in docs} == captions                           # all three, nothing else
-  fresh = _take(builtin.example_documents(np.random.default_rng(0), 16,
-                                          dataclasses.replace(MIX, generation=1.0, text=0.0)), 60)
-  assert len({d[0] for d in fresh}) > 10
-  config = tiny_config(data__builtin_scenes=3, data__builtin_max_shapes=1)
+  captions = {shapes.caption(scene) for scene in fixed}
+  assert {r['texts'][0] for r in _records(config, 60)} == captions  # all three, nothing else
   held = HeldOut(config).scenes('test', 5)
   assert [scene for scene, _ in held] == fixed + fixed[:2]
-  with pytest.raises(ValueError, match='builtin_scenes'):
-    dataclasses.replace(MIX, scenes=-1)
+  config.data.builtin_scenes = 0
+  assert len({r['texts'][0] for r in _records(config, 60)}) > 10
 
 
 # ------------------------------------------------------------------------ batches
@@ -213,7 +210,7 @@ def test_builtin_scenes_is_a_fixed_world_shared_with_the_held_out_probes():
 def test_batches_yield_the_contract(config):
   cfg = layout.LayoutConfig.from_config(config)
   spec = layout.batch_spec(cfg, config.data.batch_size)
-  stream = builtin.batches(config, seed=0)
+  stream = pipeline.batches_for(config, process_index=0, process_count=1)
   for _ in range(4):
     batch = next(stream)
     assert set(batch) == set(spec)
@@ -228,13 +225,11 @@ def test_batches_yield_the_contract(config):
 def test_batches_encode_text_with_the_configured_tokenizer():
   """The demo's word tokenizer: built-in documents are written in its ids (one per word),
   the ids the model's text decoder reads back; the train command's stream too."""
-  from dvlm_jax.data import pipeline
   config = small_config()
   config.data.tokenizer = os.path.join(REPO, 'experiments', 'assets', 'shapes_bpe.model')
   config.model.vocab_size = 400
   tokenizer = pipeline.load_tokenizer(config)
-  for batch in (builtin.fixed_batch(config, seed=0),
-                next(pipeline.batches_for(config, process_index=0, process_count=1))):
+  for batch in (pipeline.first_batch(config),):
     text = batch['modality'] == 1
     ids = batch['tokens'][text]
     assert ids.max() >= 272                     # past the byte range: word pieces
@@ -244,20 +239,19 @@ def test_batches_encode_text_with_the_configured_tokenizer():
 
 def test_batches_are_deterministic_per_seed():
   config = small_config()
-  a = builtin.fixed_batch(config, seed=5)
-  b = builtin.fixed_batch(config, seed=5)
-  c = builtin.fixed_batch(config, seed=6)
+  config.data.seed = 5
+  a, b = pipeline.first_batch(config), pipeline.first_batch(config)
+  config.data.seed = 6
+  c = pipeline.first_batch(config)
   for name in a:
     np.testing.assert_array_equal(a[name], b[name])
   assert not np.array_equal(a['tokens'], c['tokens'])
-  config.data.seed = 5  # seed=None falls back to config.data.seed
-  np.testing.assert_array_equal(builtin.fixed_batch(config)['patches'], a['patches'])
 
 
 # ------------------------------------------------------------------------ inspect
 
 def test_numpy_mask_matches_the_model_mask():
-  batch = builtin.fixed_batch(small_config(), seed=0)
+  batch = pipeline.first_batch(small_config())
   expected = np.asarray(contract.make_mask(batch['segment_ids'], batch['segment_ids'],
                                             batch['attn_end']))
   for r in range(batch['tokens'].shape[0]):
@@ -301,16 +295,6 @@ def test_inspect_cli_rejects_unknown_keys(small_experiment, tmp_path, capsys):
                          '--out', str(tmp_path / 'x.npz')])
   assert rc == 2 and 'seq_len' in capsys.readouterr().err
   assert not (tmp_path / 'x.npz').exists()
-
-
-def test_batches_fail_clearly_when_no_document_fits():
-  config = small_config()
-  config.data.seq_len = layout.LayoutConfig.from_config(config).image_tokens + 8  # an image, but no caption
-  config.image.caption_dropout = 0.0
-  config.data.builtin_generation = 1.0
-  config.data.builtin_text = 0.0
-  with pytest.raises(ValueError, match='data.seq_len'):
-    next(builtin.batches(config, seed=0))
 
 
 def test_inspect_cli_reads_a_built_data_set(small_experiment, tmp_path, capsys):

@@ -67,6 +67,13 @@ def test_overrides_are_typed():
     ('model.rope_axes=tq', "model.rope_axes"),
     ('model.rope_axes=ty', "model.rope_axes"),               # images need y and x
     ('loss.scale_weighting=pixel', "loss.scale_weighting"),
+    ('data.source=files', "data.source"),
+    ('data.generation_share=1.5', "data.generation_share"),
+    ('data.builtin_text=-0.1', "data.builtin_text"),
+    ('data.builtin_max_shapes=10', "data.builtin_max_shapes"),
+    ('data.builtin_scenes=-1', "data.builtin_scenes"),
+    ('data.pack_lookahead=0', "data.pack_lookahead"),
+    ('data.worker_count=-1', "data.worker_count"),
 ])
 def test_bad_config_fails_at_start_naming_the_key(override, named):
   with pytest.raises(cfg_lib.ConfigError) as e:

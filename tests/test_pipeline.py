@@ -270,12 +270,12 @@ def test_iterator_stops_on_a_bad_data_set():
   records = [caption_pair(f'r{i}', b'' if i % 10 == 0 else good, f'caption {i}')
              for i in range(50)]
   config = make_config(mixture=(('a', 1.0),), max_bad_fraction=0.05)
-  it = pipeline.make_iterator(config, process_index=0, process_count=1, sources={'a': records})
+  it = pipeline.batches_for(config, process_index=0, process_count=1, sources={'a': records})
   with pytest.raises(decode.TooManyBadRecords, match=r'empty_image \d+ skipped \(e\.g\. a/r'):
     for _ in range(100):
       next(it)
   config = make_config(mixture=(('a', 1.0),), max_bad_fraction=0.2)
-  it = pipeline.make_iterator(config, process_index=0, process_count=1, sources={'a': records})
+  it = pipeline.batches_for(config, process_index=0, process_count=1, sources={'a': records})
   for _ in range(20):
     next(it)
   state = it.get_state()['bad_records']
@@ -309,7 +309,7 @@ def assert_same(batches_a, batches_b):
 
 def test_batches_match_the_contract_exactly():
   config = make_config()
-  it = pipeline.make_iterator(config, process_index=0, process_count=1, sources=sources())
+  it = pipeline.batches_for(config, process_index=0, process_count=1, sources=sources())
   spec = layout.batch_spec(layout.LayoutConfig.from_config(config), 4)
   for batch in take(it, 3):
     assert set(batch) == set(spec)
@@ -322,7 +322,7 @@ def test_batches_match_the_contract_exactly():
 def test_same_seed_same_batches_other_seed_other_batches():
   srcs = sources()
   def run(seed):
-    return take(pipeline.make_iterator(make_config(seed=seed), process_index=0, process_count=1,
+    return take(pipeline.batches_for(make_config(seed=seed), process_index=0, process_count=1,
                                        sources=srcs), 3)
   assert_same(run(0), run(0))
   other = run(1)
@@ -331,7 +331,7 @@ def test_same_seed_same_batches_other_seed_other_batches():
 
 def test_mixture_weights_are_respected():
   config = make_config(mixture=(('a', 3.0), ('b', 1.0)), pack_lookahead=1)
-  it = pipeline.make_iterator(config, process_index=0, process_count=1, sources=sources())
+  it = pipeline.batches_for(config, process_index=0, process_count=1, sources=sources())
   take(it, 25)
   counts = it.source_counts
   assert counts['a'] / counts['b'] == pytest.approx(3.0, rel=0.15), counts
@@ -362,21 +362,21 @@ def test_process_slices_are_disjoint_and_cover_the_split():
 
 def test_rows_per_process_and_divisibility():
   config = make_config(batch_size=4)
-  it = pipeline.make_iterator(config, process_index=1, process_count=2, sources=sources())
+  it = pipeline.batches_for(config, process_index=1, process_count=2, sources=sources())
   assert next(it)['tokens'].shape == (2, 128)
   with pytest.raises(pipeline.DataError, match='not divisible'):
-    pipeline.make_iterator(config, process_index=0, process_count=3, sources=sources())
+    pipeline.batches_for(config, process_index=0, process_count=3, sources=sources())
 
 
 def test_restore_mid_epoch_gives_the_same_next_batches():
   srcs = sources()
   config = make_config()
-  it = pipeline.make_iterator(config, process_index=0, process_count=1, sources=srcs)
+  it = pipeline.batches_for(config, process_index=0, process_count=1, sources=srcs)
   take(it, 3)
   state = json.loads(json.dumps(it.get_state()))    # what a checkpoint stores
   assert state['packed'] and state['next_index'] < 70   # mid-batch, within the first epoch
   expected = take(it, 4)
-  restored = pipeline.make_iterator(config, process_index=0, process_count=1, sources=srcs)
+  restored = pipeline.batches_for(config, process_index=0, process_count=1, sources=srcs)
   take(restored, 1)                                   # a used iterator restores too
   restored.set_state(state)
   assert_same(take(restored, 4), expected)
@@ -388,11 +388,11 @@ def test_restore_mid_epoch_gives_the_same_next_batches():
 def test_worker_processes_give_the_same_batches_and_restore_across_worker_counts():
   srcs = sources(n_a=16, n_b=12)
   config = make_config()
-  in_process = pipeline.make_iterator(config, process_index=0, process_count=1, sources=srcs)
+  in_process = pipeline.batches_for(config, process_index=0, process_count=1, sources=srcs)
   expected = take(in_process, 5)
   in_process.set_state(json.loads(json.dumps(in_process.get_state())))
   state = None
-  workers = pipeline.make_iterator(make_config(worker_count=2), process_index=0, process_count=1,
+  workers = pipeline.batches_for(make_config(worker_count=2), process_index=0, process_count=1,
                                    sources=srcs)
   try:
     first = take(workers, 2)
@@ -401,24 +401,28 @@ def test_worker_processes_give_the_same_batches_and_restore_across_worker_counts
   finally:
     workers.close()
   # A state written with 2 workers restores in-process (and vice versa: same format).
-  fresh = pipeline.make_iterator(config, process_index=0, process_count=1, sources=srcs)
+  fresh = pipeline.batches_for(config, process_index=0, process_count=1, sources=srcs)
   fresh.set_state(state)
   assert_same(take(fresh, 3), expected[2:])
 
 
 def test_builtin_source_is_checkpointable_and_sliced():
+  """The built-in records go through the same pipeline: disjoint per-process slices,
+  a restore from the iterator state without replaying the stream."""
   config = make_config(source='builtin')
-  full = take(builtin.batches(config), 3)
   it = pipeline.batches_for(config, process_index=1, process_count=2)
+  other = pipeline.batches_for(config, process_index=0, process_count=2)
   first = take(it, 2)
-  np.testing.assert_array_equal(first[0]['tokens'], full[0]['tokens'][2:])
+  assert first[0]['tokens'].shape == (2, config.data.seq_len)
+  assert not np.array_equal(first[0]['tokens'], next(other)['tokens'])
   state = it.get_state()
-  expected = next(it)
+  assert state['next_index'] > 0 and it.source_counts == {'builtin': state['next_index']}
+  expected = take(it, 2)
   again = pipeline.batches_for(config, process_index=1, process_count=2)
   again.set_state(state)
-  assert_same([next(again)], [expected])
-  with pytest.raises(pipeline.DataError, match="'builtin' or 'tfds'"):
-    pipeline.batches_for(make_config(source='files'), 0, 1)
+  assert_same(take(again, 2), expected)
+  with pytest.raises(cfg_lib.ConfigError, match="data.source"):
+    make_config(source='files')
 
 
 def test_mixture_settings():
@@ -433,7 +437,7 @@ def test_mixture_settings():
   cfg_lib.set_key(config, 'data.mixture', "'a:2','b:1'")
   assert pipeline.parse_mixture(config.data.mixture) == (('a', 2.0), ('b', 1.0))
   with pytest.raises(pipeline.DataError, match='only'):
-    pipeline.make_iterator(make_config(mixture=(('c', 1.0),)), process_index=0, process_count=1,
+    pipeline.batches_for(make_config(mixture=(('c', 1.0),)), process_index=0, process_count=1,
                            sources=sources())
 
 
@@ -467,10 +471,10 @@ def test_sentencepiece_tokenizer_keeps_the_special_ids(tmp_path):
   config = make_config(tokenizer=str(path), mixture=(('a', 1.0),))
   config.model.vocab_size = tok.vocab_size - 1      # one id short of the tokenizer's
   with pytest.raises(pipeline.DataError, match='model.vocab_size'):
-    pipeline.make_iterator(config, process_index=0, process_count=1, sources={'a': []})
+    pipeline.batches_for(config, process_index=0, process_count=1, sources={'a': []})
   config.model.vocab_size = tok.vocab_size
   record = caption_pair('x', noise_png(rng), 'red circle ' * 200)
-  it = pipeline.make_iterator(config, process_index=0, process_count=1, sources={'a': [record]})
+  it = pipeline.batches_for(config, process_index=0, process_count=1, sources={'a': [record]})
   batch = next(it)
   text = batch['tokens'][batch['modality'] == 1]
   assert text.max() < tok.vocab_size and it.counter.fixed['text_truncated'] >= 1
@@ -509,5 +513,5 @@ def test_built_data_sets_through_batches_for(tmp_path):
   assert tok.decode(tok.encode('grinning face')) == 'grinning face'
   assert sp_tok.main(['--data_dir', data_dir, '--out', model, '--datasets', 'glyphs']) == 2
   # The other process reads the other half.
-  other = pipeline.make_iterator(config, process_index=1, process_count=2)
+  other = pipeline.batches_for(config, process_index=1, process_count=2)
   assert next(other)['tokens'].shape == (2, 128)

@@ -124,7 +124,7 @@ def decode_image(data: Any, *, max_pixels: int, draft_side: int | None = None) -
   """Encoded image bytes -> uint8 [H, W, 3]; raises BadRecord with the reason.
 
   Args:
-    data: the encoded file (bytes-like).
+    data: the encoded file (bytes-like), or the pixels already decoded (uint8 [H, W, 3]).
     max_pixels: largest accepted width * height, checked from the header before
       the pixels are decoded, so a decompression bomb costs nothing.
     draft_side: JPEGs larger than this are decoded at a reduced DCT scale (still
@@ -132,6 +132,12 @@ def decode_image(data: Any, *, max_pixels: int, draft_side: int | None = None) -
   """
   if isinstance(data, np.ndarray) and data.ndim == 0:
     data = data.item()
+  if isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 3 \
+      and data.shape[-1] == 3:   # decoded already (the built-in source, in-memory sources)
+    if data.shape[0] * data.shape[1] > max_pixels:
+      raise BadRecord('too_many_pixels', f'{data.shape[1]}x{data.shape[0]} > '
+                      f'data.max_image_pixels={max_pixels}')
+    return data
   if not isinstance(data, (bytes, bytearray, memoryview, np.bytes_)):
     raise BadRecord('malformed_record', f'image must be encoded bytes, got {type(data).__name__}')
   data = bytes(data)
@@ -255,10 +261,10 @@ def fit_to_row(doc: list, cfg: layout.LayoutConfig, tokenizer) -> tuple[list, bo
 @dataclasses.dataclass(frozen=True)
 class DecodeOptions:
   """How records become documents (config.data.* and the layout's image size)."""
-  max_image_pixels: int = 64_000_000
-  generation_share: float = 0.5
-  generation_prompt: str = 'draw: '
-  draft_side: int | None = None
+  max_image_pixels: int
+  generation_share: float
+  generation_prompt: str
+  draft_side: int | None
 
 
 def record_to_document(record: Any, rid: str, options: DecodeOptions,
@@ -329,8 +335,6 @@ class BadRecordCounter:
 
   def __init__(self, max_bad_fraction: float, *, min_records: int = 100, log_first: int = 3,
                examples: int = 5):
-    if not 0.0 <= max_bad_fraction <= 1.0:
-      raise ValueError(f'data.max_bad_fraction must lie in [0, 1], got {max_bad_fraction}')
     self.max_bad_fraction = float(max_bad_fraction)
     self.min_records = int(min_records)
     self.log_first = int(log_first)

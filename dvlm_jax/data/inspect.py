@@ -250,7 +250,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def run(args: argparse.Namespace, overrides: list[str]) -> int:
   config = config_lib.load(args.config, overrides)
   # The train command's data path: built-in stream or the Grain pipeline.
-  batch = next(pipeline.batches_for(config, process_index=0, process_count=1))
+  batch = pipeline.first_batch(config)
   if not 0 <= args.row < batch['tokens'].shape[0]:
     return cli.fail(f'--row {args.row} outside the batch of {batch["tokens"].shape[0]} rows')
   np.savez(args.out, **batch)

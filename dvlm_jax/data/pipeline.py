@@ -1,6 +1,10 @@
-"""The Grain input pipeline: built TFDS data sets -> packed batches in the batch contract.
+"""The Grain input pipeline: records -> packed batches in the batch contract.
 
-  records of each source (tfds.data_source over ArrayRecord files)
+The one data path of every run. Its records come from data.source:
+  'tfds'     the built data sets of data.mixture (tfds.data_source over ArrayRecord files)
+  'builtin'  the shapes world computed on demand (builtin.BuiltinSource, no files)
+
+  records of each source
     -> this process's slice           source[process_index::process_count]
     -> shuffle (seeded), repeat       a new order every epoch
     -> weighted mixture               grain.MapDataset.mix(data.mixture)
@@ -22,7 +26,7 @@ small and JSON-friendly; restoring re-prepares those few documents and re-opens
 the stream at the position, so a restored iterator yields exactly the batches
 the original would have (with any worker count).
 
-  it = batches_for(config)              # 'builtin' or 'tfds', per config.data.source
+  it = batches_for(config)              # data.source: 'builtin' (computed records) or 'tfds'
   batch = next(it)
   state = it.get_state(); ...; it.set_state(state)
 """
@@ -47,6 +51,7 @@ log = logging.getLogger(__name__)
 # declared broken (only reachable with a lenient data.max_bad_fraction).
 _MAX_BAD_IN_A_ROW = 1000
 _MIN_SHM_BYTES = 1 << 16
+BUILTIN = 'builtin'   # the built-in source's name in the mixture, the records' ids and logs
 
 
 class DataError(ValueError):
@@ -103,13 +108,9 @@ def local_batch_size(config, process_count: int) -> int:
 
 
 def decode_options(config) -> decode.DecodeOptions:
-  share = float(config.data.generation_share)
-  if not 0.0 <= share <= 1.0:
-    raise DataError(f'data.generation_share must lie in [0, 1], got {share}')
-  if int(config.data.max_image_pixels) < 1:
-    raise DataError(f'data.max_image_pixels must be >= 1, got {config.data.max_image_pixels}')
   return decode.DecodeOptions(
-      max_image_pixels=int(config.data.max_image_pixels), generation_share=share,
+      max_image_pixels=int(config.data.max_image_pixels),
+      generation_share=float(config.data.generation_share),
       generation_prompt=builtin.GENERATION_PROMPT,
       draft_side=int(config.image.scales[-1]) * int(config.image.patch_size))
 
@@ -219,11 +220,19 @@ class PrepareRecord:
     return {'index': int(index), 'source': source, 'id': rid, 'doc': encoded, 'issues': issues}
 
 
+def mixture_of(config) -> tuple[tuple[str, float], ...]:
+  """What the pipeline mixes: data.mixture for data.source='tfds', the built-in source alone
+  for 'builtin'."""
+  if str(config.data.source) == 'builtin':
+    return ((BUILTIN, 1.0),)
+  return parse_mixture(config.data.mixture)
+
+
 def prepared_dataset(config, sources: Mapping[str, Sequence], process_index: int,
                      process_count: int, tokenizer=None) -> grain.MapDataset:
   """The endless, mixed, prepared stream of one process, indexable by position."""
   tokenizer = tokenizer or load_tokenizer(config)
-  mixture = parse_mixture(config.data.mixture)
+  mixture = mixture_of(config)
   missing = [n for n, _ in mixture if n not in sources]
   if missing:
     raise DataError(f'data.mixture names {missing} but only {sorted(sources)} were given')
@@ -262,10 +271,6 @@ class PackedBatches(grain.DatasetIterator):
                batch_size: int, *, lookahead: int, worker_count: int,
                counter: decode.BadRecordCounter):
     super().__init__()
-    if lookahead < 1:
-      raise DataError(f'data.pack_lookahead must be >= 1, got {lookahead}')
-    if worker_count < 0:
-      raise DataError(f'data.worker_count must be >= 0, got {worker_count}')
     self._prepared = prepared
     self._cfg = cfg
     self._batch_size = batch_size
@@ -384,58 +389,27 @@ class PackedBatches(grain.DatasetIterator):
     return f'PackedBatches(batch_size={self._batch_size}, lookahead={self._lookahead})'
 
 
-class BuiltinBatches(grain.DatasetIterator):
-  """`builtin.batches` with this process's rows and a checkpointable state.
+def batches_for(config, process_index: int | None = None, process_count: int | None = None,
+                sources: Mapping[str, Sequence] | None = None) -> PackedBatches:
+  """The train command's data: this process's batches of config.data.source.
 
-  The built-in stream is a pure function of the seed, so its state is just the
-  number of batches produced; restoring regenerates and skips that many (cheap
-  for procedural data).
-  """
-
-  def __init__(self, config, process_index: int, process_count: int):
-    super().__init__()
-    self._config = config
-    rows = local_batch_size(config, process_count)
-    self._rows = slice(process_index * rows, (process_index + 1) * rows)
-    self._tokenizer = load_tokenizer(config)   # once: a restore only replays the stream
-    self._reset(0)
-
-  def _reset(self, produced: int) -> None:
-    self._stream = builtin.batches(self._config, tokenizer=self._tokenizer)
-    for _ in range(produced):
-      next(self._stream)
-    self._produced = produced
-
-  def __next__(self) -> dict[str, np.ndarray]:
-    batch = next(self._stream)
-    self._produced += 1
-    return {k: v[self._rows] for k, v in batch.items()}
-
-  def get_state(self) -> dict[str, Any]:
-    return {'batches': self._produced}
-
-  def set_state(self, state: dict[str, Any]) -> None:
-    if 'batches' not in state:
-      raise DataError('not a built-in data iterator state (missing "batches")')
-    self._reset(int(state['batches']))
-
-
-def make_iterator(config, *, process_index: int | None = None, process_count: int | None = None,
-                  sources: Mapping[str, Sequence] | None = None) -> PackedBatches:
-  """The Grain pipeline over data.mixture; batches of this process's rows.
+  'builtin': the procedural shapes records (builtin.py, no files); 'tfds': data.mixture
+  over the built data sets under data.data_dir. Batches of data.batch_size /
+  process_count rows in `layout.batch_spec`, with get_state() / set_state().
 
   Args:
     config: the run config (data.*, image.*).
     process_index, process_count: this process's place; default jax's.
-    sources: name -> random-access records, instead of the built TFDS data sets
-      under data.data_dir (tests, or any in-memory source).
+    sources: name -> random-access records, instead of the ones data.source names
+      (tests, or any in-memory source).
   """
   process_index, process_count = process_layout(process_index, process_count)
   rows = local_batch_size(config, process_count)
-  mixture = parse_mixture(config.data.mixture)
+  mixture = mixture_of(config)
   tokenizer = load_tokenizer(config)      # settings errors before any file is opened
   if sources is None:
-    sources = {name: open_source(name, config) for name, _ in mixture}
+    sources = ({BUILTIN: builtin.BuiltinSource(config)} if mixture == ((BUILTIN, 1.0),) else
+               {name: open_source(name, config) for name, _ in mixture})
   prepared = prepared_dataset(config, sources, process_index, process_count, tokenizer)
   counter = decode.BadRecordCounter(float(config.data.max_bad_fraction))
   return PackedBatches(prepared, layout_lib.LayoutConfig.from_config(config), rows,
@@ -443,18 +417,11 @@ def make_iterator(config, *, process_index: int | None = None, process_count: in
                        worker_count=int(config.data.worker_count), counter=counter)
 
 
-def batches_for(config, process_index: int | None = None,
-                process_count: int | None = None) -> grain.DatasetIterator:
-  """The train command's data: this process's batches for config.data.source.
-
-  'builtin': procedural shapes documents (no files); 'tfds': the Grain pipeline
-  over the built data sets. Both yield `layout.batch_spec` batches of
-  data.batch_size / process_count rows and have get_state() / set_state().
-  """
-  source = str(config.data.source)
-  process_index, process_count = process_layout(process_index, process_count)
-  if source == 'builtin':
-    return BuiltinBatches(config, process_index, process_count)
-  if source == 'tfds':
-    return make_iterator(config, process_index=process_index, process_count=process_count)
-  raise DataError(f"data.source: 'builtin' or 'tfds', got {source!r}")
+def first_batch(config) -> dict[str, np.ndarray]:
+  """The first global batch of config.data.source (one process's view of all rows):
+  benchmarks, tests and inspect."""
+  iterator = batches_for(config, process_index=0, process_count=1)
+  try:
+    return next(iterator)
+  finally:
+    iterator.close()

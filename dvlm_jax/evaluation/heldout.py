@@ -11,9 +11,9 @@ Where they come from follows the training data:
       a default build writes), so nothing has to be built. With
       data.source='builtin' scenes have at most data.builtin_max_shapes shapes
       and are rendered at the model's finest resolution, like the training
-      documents. The built-in stream itself has no held-out split: there the
-      split's scenes are fresh draws from the training distribution, not
-      captions the model never saw.
+      documents. The built-in source trains on the 'train' split's captions only,
+      so these are captions the model never saw (except with data.builtin_scenes,
+      a memorisation check: then they are the fixed training scenes).
 
 Both are pure functions of (split, index): every call returns the same examples.
 """

@@ -74,7 +74,8 @@ def defaults() -> ConfigDict:
   c.diffusion = d = ConfigDict()
   d.width = 256                 # MLP width of the denoiser
   d.depth = 3                   # residual adaLN blocks
-  d.objective = 'flow'          # flow (rectified flow, v = eps - x0) | eps | v
+  d.objective = 'flow'          # flow (rectified flow, predict v = eps - x0) | flow_x0
+                                # (the same flow, predict x0, loss on v) | eps | v
   d.schedule = 'cosine'         # for eps/v: cosine | linear ; flow uses t in [0, 1]
   d.sample_steps = 32
   d.noise_samples = 1           # noise draws per position per step (MAR uses 4)
@@ -409,7 +410,9 @@ def validate(c: ConfigDict) -> None:
     _check(i.target_shift == 1, 'image.target_shift', "targets='next_patch' needs target_shift=1")
     _check(not i.dual_copy, 'image.dual_copy', "targets='next_patch' needs dual_copy=False")
 
-  _check(d.objective in ('flow', 'eps', 'v'), 'diffusion.objective', f'flow | eps | v, got {d.objective!r}')
+  from dvlm_jax.model import diffusion as diffusion_lib
+  _check(d.objective in diffusion_lib.OBJECTIVES, 'diffusion.objective',
+         f'{" | ".join(diffusion_lib.OBJECTIVES)}, got {d.objective!r}')
   _check(d.schedule in ('cosine', 'linear'), 'diffusion.schedule', f'cosine | linear, got {d.schedule!r}')
   _check(d.sample_steps >= 1, 'diffusion.sample_steps', 'must be >= 1')
   _check(d.noise_samples >= 1, 'diffusion.noise_samples', 'must be >= 1')

@@ -7,6 +7,11 @@ a scale at once.
 
 Objectives (`config.diffusion.objective`):
   flow  rectified flow: x_t = (1 - t) x0 + t eps, predict v = eps - x0, Euler sampler.
+  flow_x0  the same flow, the head predicts the clean patch x0 and the loss is taken on
+        the v it implies (JiT, Li & He 2025: "Back to Basics: Let Denoising Generative
+        Models Denoise"): v - v_hat = (x0_hat - x0) / t, with t clipped at T_MIN. A clean
+        patch lies on a low-dimensional set (flat background, one colour), the noise
+        does not: a small head learns the first much faster than to pass the noise through.
   eps   VP diffusion, alpha_t^2 + sigma_t^2 = 1 (cosine or linear log-SNR-free schedule),
         predict eps, DDIM sampler.
   v     same noising, predict v = alpha_t eps - sigma_t x0, DDIM sampler.
@@ -73,12 +78,14 @@ class DiffusionHead(nn.Module):
 
 
 DenoiseFn = Callable[[jax.Array, jax.Array], jax.Array]   # (x_t, t) -> prediction
+OBJECTIVES = ('flow', 'flow_x0', 'eps', 'v')
+T_MIN = 0.05   # flow_x0: the smallest t in 1 / t (the loss weight of x0 errors near clean)
 
 
 @dataclasses.dataclass(frozen=True)
 class DiffusionObjective:
   """config.diffusion's objective, schedule and step counts (the defaults are the config's)."""
-  objective: str        # flow | eps | v
+  objective: str        # OBJECTIVES
   schedule: str         # cosine | linear (eps / v)
   sample_steps: int
   noise_samples: int
@@ -89,8 +96,12 @@ class DiffusionObjective:
     return cls(d.objective, d.schedule, d.sample_steps, d.noise_samples)
 
   # -- noising
+  @property
+  def flow(self) -> bool:
+    return self.objective in ('flow', 'flow_x0')
+
   def _alpha_sigma(self, t):
-    if self.objective == 'flow':
+    if self.flow:
       return 1.0 - t, t
     if self.schedule == 'cosine':
       # Clipped so that t = 1 is (almost) pure noise and t = 0 (almost) clean.
@@ -100,6 +111,8 @@ class DiffusionObjective:
     return jnp.sqrt(abar), jnp.sqrt(1.0 - abar)
 
   def _target(self, x0, eps, alpha, sigma):
+    if self.objective == 'flow_x0':
+      return x0
     if self.objective == 'flow':
       return eps - x0
     if self.objective == 'eps':
@@ -110,6 +123,8 @@ class DiffusionObjective:
     """Estimates (x0, eps) from a prediction at x_t."""
     if self.objective == 'flow':
       return x_t - sigma * pred, x_t + alpha * pred
+    if self.objective == 'flow_x0':
+      return pred, (x_t - alpha * pred) / jnp.maximum(sigma, T_MIN)
     if self.objective == 'eps':
       return (x_t - sigma * pred) / jnp.maximum(alpha, 1e-4), pred
     return alpha * x_t - sigma * pred, sigma * x_t + alpha * pred
@@ -125,7 +140,10 @@ class DiffusionObjective:
       alpha, sigma = self._alpha_sigma(t[..., None])
       x_t = alpha * x0 + sigma * eps
       pred = denoise(x_t, t)
-      total = total + jnp.mean(jnp.square(pred - self._target(x0, eps, alpha, sigma)), axis=-1)
+      error = jnp.mean(jnp.square(pred - self._target(x0, eps, alpha, sigma)), axis=-1)
+      if self.objective == 'flow_x0':   # the loss on v: x0 errors weigh 1 / t^2
+        error = error / jnp.square(jnp.maximum(t, T_MIN))
+      total = total + error
     return total / self.noise_samples
 
   # -- sampling

@@ -195,6 +195,22 @@ def random_qkvw(seed, dtype, head_dim):
   return tuple(x.astype(dtype) for x in (q, k, v)) + (w,)
 
 
+def assert_matches_reference(fn, args, mask, tol, where):
+  """fn's (out, dq, dk, dv) against the reference's, relative max error < tol; the
+  cotangent is zero on rows that see nothing (their gradients are the kernel's own
+  business, checked separately). Returns fn's outputs."""
+  q, k, v, scope, end, w = args
+  valid = mask.any(-1)[..., None, None]
+  got = fn(q, k, v, scope, end, w * valid)
+  want = reference(q, k, v, scope, end, w * valid)
+  for name, g, r in zip(('out', 'dq', 'dk', 'dv'), got, want):
+    g, r = np.asarray(g, np.float32), np.asarray(r, np.float32)
+    assert g.shape == r.shape and np.all(np.isfinite(g)), (where, name)
+    err = np.max(np.abs(g - r)) / max(np.max(np.abs(r)), 1e-6)
+    assert err < tol, (where, name, err)
+  return got
+
+
 @pytest.mark.parametrize('dtype,head_dim,tol', [(jnp.float32, 64, 2e-5), (jnp.bfloat16, 128, 3e-2)],
                          ids=['f32-d64', 'bf16-d128'])
 def test_kernel_matches_reference_values_and_grads(dtype, head_dim, tol):
@@ -205,15 +221,7 @@ def test_kernel_matches_reference_values_and_grads(dtype, head_dim, tol):
     for kind in SCOPES:
       scope, end = scope_inputs(batch, kind)
       mask = dense(scope, end)
-      valid = mask.any(-1)[..., None, None]
-      got = fn(q, k, v, scope, end, w * valid)
-      want = reference(q, k, v, scope, end, w * valid)
-      for name, g, r in zip(('out', 'dq', 'dk', 'dv'), got, want):
-        g, r = np.asarray(g, np.float32), np.asarray(r, np.float32)
-        assert g.dtype == r.dtype and g.shape == r.shape
-        assert np.all(np.isfinite(g)), (kind, name)
-        err = np.max(np.abs(g - r)) / max(np.max(np.abs(r)), 1e-6)
-        assert err < tol, (seed, kind, name, err)
+      got = assert_matches_reference(fn, (q, k, v, scope, end, w), mask, tol, (seed, kind))
       assert got[0].dtype == dtype
       # Rows that see nothing: exactly 0 output and 0 dq (also with a cotangent there).
       empty = ~mask.any(-1)
@@ -363,14 +371,7 @@ def test_splash_interpret_matches_reference():
   for kind in ('document', 'text'):
     scope, end = scope_inputs(batch, kind)
     mask = dense(scope, end)
-    valid = mask.any(-1)[..., None, None]
-    got = fn(q, k, v, scope, end, w * valid)
-    want = reference(q, k, v, scope, end, w * valid)
-    for name, g, r in zip(('out', 'dq', 'dk', 'dv'), got, want):
-      g, r = np.asarray(g), np.asarray(r)
-      assert np.all(np.isfinite(g)), (kind, name)
-      err = np.max(np.abs(g - r)) / np.max(np.abs(r))
-      assert err < 1e-4, (kind, name, err)
+    got = assert_matches_reference(fn, (q, k, v, scope, end, w), mask, 1e-4, kind)
     assert np.all(np.asarray(got[0])[~mask.any(-1)] == 0.0)
 
 

@@ -414,6 +414,14 @@ def range_attention(q: jax.Array, k: jax.Array, v: jax.Array, q_scope: jax.Array
   return out[:, :lq]
 
 
+def _per_block(length_axis: jax.Array, block: int, visit) -> list:
+  """Per batch row, per block of `block` positions along axis 1 of `length_axis`:
+  visit(row, positions of the block)."""
+  rows, length = length_axis.shape
+  return [[visit(row, slice(start, start + block)) for start in range(0, length, block)]
+          for row in range(rows)]
+
+
 def block_schedule(q_scope, k_scope, q_end, block_q: int, block_k: int):
   """The blocks the forward / dQ kernels visit, computed eagerly with the kernel's code.
 
@@ -422,29 +430,19 @@ def block_schedule(q_scope, k_scope, q_end, block_q: int, block_k: int):
   off the sparsity of a layout (benchmarks/attention.py).
   """
   r = compute_ranges(jnp.asarray(q_scope), jnp.asarray(k_scope), jnp.asarray(q_end))
-  b, lq = r.q_lo.shape
-  out = []
-  for row in range(b):
-    blocks = []
-    for start in range(0, lq, block_q):
-      sl = slice(start, start + block_q)
-      first, full_first, full_end, end = (int(x) for x in q_block_bounds(
-          r.q_lo[row, sl], r.q_hi[row, sl], r.q_dense_lo[row, sl], block_k))
-      blocks.append((list(range(first, end)), list(range(full_first, full_end))))
-    out.append(blocks)
-  return out
+
+  def visit(row, sl):
+    first, full_first, full_end, end = (int(x) for x in q_block_bounds(
+        r.q_lo[row, sl], r.q_hi[row, sl], r.q_dense_lo[row, sl], block_k))
+    return list(range(first, end)), list(range(full_first, full_end))
+  return _per_block(r.q_lo, block_q, visit)
 
 
 def key_block_schedule(q_scope, k_scope, q_end, block_q: int, block_k: int):
   """Per batch row, per KV block, the query block indices the dK/dV kernel visits."""
   r = compute_ranges(jnp.asarray(q_scope), jnp.asarray(k_scope), jnp.asarray(q_end))
-  b, lk = r.k_lo.shape
-  out = []
-  for row in range(b):
-    blocks = []
-    for start in range(0, lk, block_k):
-      sl = slice(start, start + block_k)
-      first, end = (int(x) for x in k_block_bounds(r.k_lo[row, sl], r.k_hi[row, sl], block_q))
-      blocks.append(list(range(first, end)))
-    out.append(blocks)
-  return out
+
+  def visit(row, sl):
+    first, end = (int(x) for x in k_block_bounds(r.k_lo[row, sl], r.k_hi[row, sl], block_q))
+    return list(range(first, end))
+  return _per_block(r.k_lo, block_k, visit)

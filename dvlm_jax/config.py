@@ -64,6 +64,8 @@ def defaults() -> ConfigDict:
   m.attention = 'auto'          # auto: the fastest kernel for the backend (model/attention.py
                                 # AUTO), dense XLA on CPU; or xla | tokamax | pallas_gpu | splash
   m.init_std = 0.02
+  m.embed_init_std = 0.02       # text embedding table; larger keeps each word's identity
+                                # strong in the residual stream (T5: 1.0)
   # Mixture of experts in the core stack (modality blocks stay dense); docs/architecture.md.
   m.moe_experts = 0             # 0 = dense SwiGLU MLP; > 0 = experts per core layer
   m.moe_top_k = 2               # experts each token is sent to (gates renormalised over them)

@@ -94,7 +94,8 @@ class DreamVLM(nn.Module):
 
   def setup(self):
     c = self.cfg
-    emb_init = nn.with_logical_partitioning(nn.initializers.normal(c.init_std), ('vocab', 'embed'))
+    emb_init = nn.with_logical_partitioning(nn.initializers.normal(c.embed_init_std),
+                                            ('vocab', 'embed'))
     table_init = nn.with_logical_partitioning(nn.initializers.normal(c.init_std), ('table', 'embed'))
     self.text_embed = self.param('text_embed', emb_init, (c.vocab_size, c.d_model), c.param_dtype)
     self.patch_embed = Dense(c.d_model, ('patch', 'embed'), use_bias=True, dtype=c.dtype,

@@ -56,6 +56,7 @@ class ModelConfig:
   scan_layers: bool
   attention: str
   init_std: float
+  embed_init_std: float   # the text embedding table (a token's identity in the residual stream)
   diffusion_width: int
   diffusion_depth: int
   # Mixture of experts in the core stack (0 experts = dense MLP); see MoEMLP.
@@ -84,6 +85,7 @@ class ModelConfig:
         image_pos_embed=m.image_pos_embed, norm_eps=m.norm_eps, tie_embeddings=m.tie_embeddings,
         dtype=jnp.dtype(m.dtype), param_dtype=jnp.dtype(m.param_dtype), remat=m.remat,
         scan_layers=m.scan_layers, attention=m.attention, init_std=m.init_std,
+        embed_init_std=m.embed_init_std,
         diffusion_width=d.width, diffusion_depth=d.depth,
         moe_experts=m.moe_experts, moe_top_k=m.moe_top_k,
         moe_capacity_factor=m.moe_capacity_factor,

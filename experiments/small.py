@@ -10,7 +10,10 @@ of each scale); four noise draws per target for the diffusion head; a BPE tokeni
 the world's words (`assets/shapes_bpe.model`: a caption is ~21 tokens instead of ~85
 bytes, every word one token), so one document fills a row of 136 tokens and a step of
 16 rows sees twice the documents; the fine scale drawn as its difference from the coarse
-one upsampled (`diffusion.target='residual'`).
+one upsampled (`diffusion.target='residual'`); the diffusion head predicting the clean
+patch, its loss taken on the velocity it implies (`diffusion.objective='flow_x0'`); the
+text embedding initialised at std 1 (`model.embed_init_std`), so a word that predicts no
+later word (a colour) still stands out in the residual stream the image tokens read.
 
 The tokenizer was trained on the built shapes set's captions (deterministic):
 
@@ -36,6 +39,7 @@ def get_config(arg=None):
   c.diffusion.depth = 2
   c.diffusion.noise_samples = 4  # MAR's: 4 noise draws per image target, no measurable cost here
   c.diffusion.target = 'residual'
+  c.diffusion.objective = 'flow_x0'  # the head predicts the clean patch (JiT): no speckle
   c.image.patch_size = 5
   c.image.scales = (3, 6)
   c.image.share_fully_masked = 0.3
@@ -43,6 +47,7 @@ def get_config(arg=None):
   c.image.mask_ratio_max = 1.0
   c.model.rope_axes = 'yx'
   c.model.image_pos_embed = True
+  c.model.embed_init_std = 1.0   # words keep their identity: the prompt's colour reaches the image
   c.loss.scale_weighting = 'scale'
   c.data.mixture = (('shapes', 1.0),)
   c.data.tokenizer = TOKENIZER

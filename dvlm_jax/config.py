@@ -77,7 +77,8 @@ def defaults() -> ConfigDict:
   d.width = 256                 # MLP width of the denoiser
   d.depth = 3                   # residual adaLN blocks
   d.objective = 'flow'          # flow (rectified flow, predict v = eps - x0) | flow_x0
-                                # (the same flow, predict x0, loss on v) | eps | v
+                                # (the same flow, predict x0, loss on v) | flow_x0_mse
+                                # (predict x0, loss on x0) | eps | v
   d.schedule = 'cosine'         # for eps/v: cosine | linear ; flow uses t in [0, 1]
   d.sample_steps = 32
   d.noise_samples = 1           # noise draws per position per step (MAR uses 4)

@@ -12,6 +12,8 @@ Objectives (`config.diffusion.objective`):
         Models Denoise"): v - v_hat = (x0_hat - x0) / t, with t clipped at T_MIN. A clean
         patch lies on a low-dimensional set (flat background, one colour), the noise
         does not: a small head learns the first much faster than to pass the noise through.
+  flow_x0_mse  as flow_x0, the loss the plain MSE of x0 (every t weighs the same, so the
+        noisy draws, where only the condition tells the patch, weigh as much as the clean).
   eps   VP diffusion, alpha_t^2 + sigma_t^2 = 1 (cosine or linear log-SNR-free schedule),
         predict eps, DDIM sampler.
   v     same noising, predict v = alpha_t eps - sigma_t x0, DDIM sampler.
@@ -78,7 +80,8 @@ class DiffusionHead(nn.Module):
 
 
 DenoiseFn = Callable[[jax.Array, jax.Array], jax.Array]   # (x_t, t) -> prediction
-OBJECTIVES = ('flow', 'flow_x0', 'eps', 'v')
+OBJECTIVES = ('flow', 'flow_x0', 'flow_x0_mse', 'eps', 'v')
+PREDICTS_X0 = ('flow_x0', 'flow_x0_mse')
 T_MIN = 0.05   # flow_x0: the smallest t in 1 / t (the loss weight of x0 errors near clean)
 
 
@@ -98,7 +101,7 @@ class DiffusionObjective:
   # -- noising
   @property
   def flow(self) -> bool:
-    return self.objective in ('flow', 'flow_x0')
+    return self.objective in ('flow',) + PREDICTS_X0
 
   def _alpha_sigma(self, t):
     if self.flow:
@@ -111,7 +114,7 @@ class DiffusionObjective:
     return jnp.sqrt(abar), jnp.sqrt(1.0 - abar)
 
   def _target(self, x0, eps, alpha, sigma):
-    if self.objective == 'flow_x0':
+    if self.objective in PREDICTS_X0:
       return x0
     if self.objective == 'flow':
       return eps - x0
@@ -123,7 +126,7 @@ class DiffusionObjective:
     """Estimates (x0, eps) from a prediction at x_t."""
     if self.objective == 'flow':
       return x_t - sigma * pred, x_t + alpha * pred
-    if self.objective == 'flow_x0':
+    if self.objective in PREDICTS_X0:
       return pred, (x_t - alpha * pred) / jnp.maximum(sigma, T_MIN)
     if self.objective == 'eps':
       return (x_t - sigma * pred) / jnp.maximum(alpha, 1e-4), pred

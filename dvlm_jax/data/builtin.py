@@ -57,14 +57,6 @@ def image_size(config) -> int:
   return int(config.image.scales[-1]) * int(config.image.patch_size)
 
 
-def _training_text_scene(rng: np.random.Generator) -> shapes.Scene:
-  for _ in range(1000):
-    scene = shapes.sample_scene(rng, max_shapes=2, min_shapes=2, relation_prob=1.0)
-    if splits.split_by_caption(shapes.caption(scene)) == 'train':
-      return scene
-  raise RuntimeError('no training text scene in 1000 draws')
-
-
 class BuiltinSource:
   """Random-access records (len, getitem) of the shapes world for Grain; picklable."""
 
@@ -85,7 +77,8 @@ class BuiltinSource:
     rng = np.random.default_rng([self.seed, 7, index])   # 7: not a split of scene_for
     if rng.random() < self.mix.text:
       return {'id': rid, 'items': 'T', 'images': [],
-              'texts': [shapes.caption(_training_text_scene(rng))]}
+              'texts': [shapes.caption(splits.draw_in_split(
+                  rng, 'train', max_shapes=2, min_shapes=2, relation_prob=1.0))]}
     if self.fixed:
       scene = self.fixed[int(rng.integers(len(self.fixed)))]
     else:

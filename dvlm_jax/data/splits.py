@@ -41,12 +41,17 @@ def scene_for(seed: int, split: str, index: int, max_shapes: int) -> shapes.Scen
   """The shapes scene of record `index` of `split`: its own generator (seed, split,
   index) draws scenes until one whose caption belongs to the split, so a record never
   changes when the split sizes do."""
-  rng = np.random.default_rng([seed, SPLITS.index(split), index])
+  return draw_in_split(np.random.default_rng([seed, SPLITS.index(split), index]), split,
+                       max_shapes=max_shapes)
+
+
+def draw_in_split(rng: np.random.Generator, split: str, **sample) -> shapes.Scene:
+  """`shapes.sample_scene(rng, **sample)` until the scene's caption belongs to `split`."""
   for _ in range(_MAX_DRAWS):
-    scene = shapes.sample_scene(rng, max_shapes=max_shapes)
+    scene = shapes.sample_scene(rng, **sample)
     if split_by_caption(shapes.caption(scene)) == split:
       return scene
-  raise RuntimeError(f'no {split} scene in {_MAX_DRAWS} draws (max_shapes={max_shapes})')
+  raise RuntimeError(f'no {split} scene in {_MAX_DRAWS} draws ({sample})')
 
 
 @functools.cache

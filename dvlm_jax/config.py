@@ -82,6 +82,7 @@ def defaults() -> ConfigDict:
   d.schedule = 'cosine'         # for eps/v: cosine | linear ; flow uses t in [0, 1]
   d.sample_steps = 32
   d.noise_samples = 1           # noise draws per position per step (MAR uses 4)
+  d.time_shift = 1.0            # > 1: more of training and sampling at high noise (SD3's shift)
   d.target = 'pixels'           # pixels | residual: scale k > 1 drawn as its difference from
                                 # scale k-1 upsampled (colour and layout carry over by default)
 
@@ -419,6 +420,7 @@ def validate(c: ConfigDict) -> None:
   _check(d.schedule in ('cosine', 'linear'), 'diffusion.schedule', f'cosine | linear, got {d.schedule!r}')
   _check(d.sample_steps >= 1, 'diffusion.sample_steps', 'must be >= 1')
   _check(d.noise_samples >= 1, 'diffusion.noise_samples', 'must be >= 1')
+  _check(d.time_shift > 0, 'diffusion.time_shift', f'must be > 0, got {d.time_shift}')
   _check(d.target in ('pixels', 'residual'), 'diffusion.target', f'pixels | residual, got {d.target!r}')
 
   image_tokens = layout.image_tokens(c.image.scales, c.image.dual_copy)

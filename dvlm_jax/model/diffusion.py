@@ -17,6 +17,10 @@ Objectives (`config.diffusion.objective`):
   eps   VP diffusion, alpha_t^2 + sigma_t^2 = 1 (cosine or linear log-SNR-free schedule),
         predict eps, DDIM sampler.
   v     same noising, predict v = alpha_t eps - sigma_t x0, DDIM sampler.
+
+`time_shift` s warps the noise level t -> s t / (1 + (s - 1) t) in training and sampling
+(SD3's resolution shift, Esser et al. 2024): s > 1 spends more of both at high noise,
+where only the condition tells the patch (its colour, its shape) and x_t does not.
 """
 
 from __future__ import annotations
@@ -92,11 +96,18 @@ class DiffusionObjective:
   schedule: str         # cosine | linear (eps / v)
   sample_steps: int
   noise_samples: int
+  time_shift: float = 1.0
 
   @classmethod
   def from_config(cls, config) -> 'DiffusionObjective':
     d = config.diffusion
-    return cls(d.objective, d.schedule, d.sample_steps, d.noise_samples)
+    return cls(d.objective, d.schedule, d.sample_steps, d.noise_samples, d.time_shift)
+
+  def _shift(self, t):
+    """t -> s t / (1 + (s - 1) t): fixes 0 and 1, pushes the rest toward 1 for s > 1."""
+    if self.time_shift == 1.0:
+      return t
+    return self.time_shift * t / (1.0 + (self.time_shift - 1.0) * t)
 
   # -- noising
   @property
@@ -138,7 +149,7 @@ class DiffusionObjective:
     total = 0.0
     for i, key in enumerate(jax.random.split(rng, self.noise_samples)):
       k_t, k_eps = jax.random.split(key)
-      t = jax.random.uniform(k_t, x0.shape[:-1])
+      t = self._shift(jax.random.uniform(k_t, x0.shape[:-1]))
       eps = jax.random.normal(k_eps, x0.shape)
       alpha, sigma = self._alpha_sigma(t[..., None])
       x_t = alpha * x0 + sigma * eps
@@ -159,7 +170,7 @@ class DiffusionObjective:
     """
     steps = steps or self.sample_steps
     x = temperature * jax.random.normal(rng, shape)
-    times = jnp.linspace(1.0, 0.0, steps + 1)
+    times = self._shift(jnp.linspace(1.0, 0.0, steps + 1))
 
     def step(x, i):
       t, t_next = times[i], times[i + 1]

@@ -180,11 +180,15 @@ def defaults() -> ConfigDict:
   e.cfg_scale = 3.0             # classifier-free guidance of generation and inpainting
   e.temperature = 1.0           # starting-noise scale of image sampling (generation, inpainting)
   e.sample_steps = 8            # diffusion steps per scale (0 = diffusion.sample_steps)
-  e.self_correct = False        # shapes: also generate with self-correction (generation_sc/*)
-  e.surprise_percentile = 90.0  # its per-scale thresholds: this percentile of training pictures
-  e.mask_ratio = 0.5            # masked share of patches for the reconstruction PSNR
   e.seed = 0                    # masks, noise and the built-in held-out scenes
   e.split = 'test'              # held-out split of the image evaluators (perplexity: validation)
+  # One evaluator's own settings, in a section named as the evaluator.
+  e.shapes = ConfigDict()
+  e.shapes.self_correct = False        # also generate with self-correction (generation_sc/*)
+  e.shapes.surprise_percentile = 90.0  # its per-scale thresholds: this percentile of
+                                       # training pictures' surprise
+  e.masked_patch_psnr = ConfigDict()
+  e.masked_patch_psnr.mask_ratio = 0.5  # masked share of patches
 
   c.checkpoint = k = ConfigDict()
   k.every = 500                 # save every N steps (and at the end, and on SIGTERM)
@@ -489,12 +493,13 @@ def _validate_eval(e: ConfigDict) -> None:
          f'unknown {unknown}; choose from {list(evaluation.EVALUATORS)}')
   for key in ('num_examples', 'batch_size', 'max_new_tokens'):
     _check(isinstance(e[key], int) and e[key] >= 1, f'eval.{key}', f'must be an int >= 1, got {e[key]!r}')
-  _check(0.0 <= e.surprise_percentile <= 100.0, 'eval.surprise_percentile',
-         f'must lie in [0, 100], got {e.surprise_percentile}')
+  _check(0.0 <= e.shapes.surprise_percentile <= 100.0, 'eval.shapes.surprise_percentile',
+         f'must lie in [0, 100], got {e.shapes.surprise_percentile}')
   _check(e.sample_steps >= 0, 'eval.sample_steps', 'must be >= 0 (0 = diffusion.sample_steps)')
   _check(e.cfg_scale >= 0, 'eval.cfg_scale', 'must be >= 0')
   _check(e.temperature >= 0, 'eval.temperature', 'must be >= 0')
-  _check(0.0 < e.mask_ratio < 1.0, 'eval.mask_ratio', f'must lie in (0, 1), got {e.mask_ratio}')
+  ratio = e.masked_patch_psnr.mask_ratio
+  _check(0.0 < ratio < 1.0, 'eval.masked_patch_psnr.mask_ratio', f'must lie in (0, 1), got {ratio}')
   _check(e.split in ('validation', 'test'), 'eval.split', f'validation | test, got {e.split!r}')
 
 

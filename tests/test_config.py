@@ -74,6 +74,10 @@ def test_overrides_are_typed():
     ('data.builtin_scenes=-1', "data.builtin_scenes"),
     ('data.pack_lookahead=0', "data.pack_lookahead"),
     ('data.worker_count=-1', "data.worker_count"),
+    ('diffusion.time_shift=0', "diffusion.time_shift"),
+    ('eval.masked_patch_psnr.mask_ratio=1.5', "eval.masked_patch_psnr.mask_ratio"),
+    ('eval.shapes.surprise_percentile=101', "eval.shapes.surprise_percentile"),
+    ('eval.mask_ratio=0.3', "eval.mask_ratio"),   # the evaluator's own key is in its section
 ])
 def test_bad_config_fails_at_start_naming_the_key(override, named):
   with pytest.raises(cfg_lib.ConfigError) as e:

@@ -180,7 +180,7 @@ def test_summary_table_and_grid():
 def test_what_a_variant_cannot_do_is_recorded_as_not_applicable(tmp_path):
   """Ablations without the diffusion head or the imun head, and the Janus-like baseline,
   evaluate: metrics they cannot be asked for are n/a with the reason, the rest is scored
-  (the baseline's generation and inpainting too, patch by patch). With eval.self_correct
+  (the baseline's generation and inpainting too, patch by patch). With eval.shapes.self_correct
   the dream model also generates with calibrated self-correction; the baseline cannot."""
   from dvlm_jax.inference.api import VLM
   from tests.conftest import build, image_batch
@@ -194,7 +194,7 @@ def test_what_a_variant_cannot_do_is_recorded_as_not_applicable(tmp_path):
       (tiny_config(), ('shapes',), set())]
   for config, evaluators, expected in cases:
     config.eval.evaluators, config.eval.num_examples = evaluators, 2
-    config.eval.self_correct = True
+    config.eval.shapes.self_correct = True
     config.eval.max_new_tokens = 8
     _, params = build(config, image_batch(config))
     metrics = runner.evaluate(VLM.from_params(config, params), config, 0, str(tmp_path))

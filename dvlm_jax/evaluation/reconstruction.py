@@ -1,7 +1,7 @@
 """MaskedPatchPSNR: how well the imun head fills in masked patches, per scale.
 
 Held-out pictures (`eval.split`) go through `VLM.reconstruct` with every scale
-masked at `eval.mask_ratio` (masks drawn by the training layout's own code, seeded
+masked at `eval.masked_patch_psnr.mask_ratio` (masks drawn by the training layout's own code, seeded
 by `eval.seed`); the head's prediction at the masked patches is compared with the
 true pixels. Per scale k:
 
@@ -41,7 +41,7 @@ class MaskedPatchPSNR(Evaluator):
 
   def __init__(self, config):
     super().__init__(config)
-    self.mask_ratio = float(config.eval.mask_ratio)
+    self.mask_ratio = float(config.eval.masked_patch_psnr.mask_ratio)
     self.num_scales = len(config.image.scales)
 
   def run(self, vlm, step: int) -> dict[str, float]:

@@ -79,9 +79,7 @@ def evaluate(vlm, config, step: int, workdir: str, *, tag: str = '') -> dict[str
   eval/STEP_ema.json, eval/STEP_ema/ and the scalars 'eval_ema/NAME'.
   """
   metrics, chance, not_applicable, seconds, grids = {}, {}, {}, {}, {}
-  for name in config.eval.evaluators:
-    if name not in evaluation.EVALUATORS:
-      raise ValueError(f'eval.evaluators: unknown {name!r}; choose from {list(evaluation.EVALUATORS)}')
+  for name in config.eval.evaluators:   # names checked by config.validate
     start = time.perf_counter()
     evaluator = evaluation.evaluator_class(name)(config)
     try:

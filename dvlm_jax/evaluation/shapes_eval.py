@@ -142,8 +142,8 @@ class ShapesEval(Evaluator):
   def __init__(self, config):
     super().__init__(config)
     self.max_new_tokens = int(config.eval.max_new_tokens)
-    self.self_correct = bool(config.eval.self_correct)
-    self.surprise_percentile = float(config.eval.surprise_percentile)
+    self.self_correct = bool(config.eval.shapes.self_correct)
+    self.surprise_percentile = float(config.eval.shapes.surprise_percentile)
     self.image_px = builtin.image_size(config)   # what generation draws
 
   def _batches(self, items):

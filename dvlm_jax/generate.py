@@ -1,7 +1,7 @@
 """Inference command: image generation, understanding, inpainting and text from a run.
 
   python -m dvlm_jax.generate --workdir DIR [--step N] [--ema] --prompt TEXT --out img.png \\
-      [--cfg_scale 3] [--cfg_schedule constant|linear] [--steps N] [--temperature 1] [--seed 0] \\
+      [--cfg_scale G] [--cfg_schedule constant|linear] [--steps N] [--temperature 1] [--seed 0] \\
       [--self_correct --surprise activation|pixel --threshold 0.5 --max_tries 3]
   python -m dvlm_jax.generate --workdir DIR --image PATH [--question TEXT] [--mode clean|surprisal]
   python -m dvlm_jax.generate --workdir DIR --inpaint PATH --mask PATH --out out.png [--prompt TEXT]
@@ -40,7 +40,8 @@ def parse_args(argv):
   p.add_argument('--max_new_tokens', type=int, default=64)
   p.add_argument('--top_k', type=int, default=0)
   p.add_argument('--top_p', type=float, default=1.0)
-  p.add_argument('--cfg_scale', type=float, default=3.0)
+  p.add_argument('--cfg_scale', type=float, default=None,
+                 help="classifier-free guidance (default: the run's eval.cfg_scale)")
   p.add_argument('--cfg_schedule', choices=('constant', 'linear'), default='constant')
   p.add_argument('--steps', type=int, default=None, help='diffusion steps (default: config)')
   p.add_argument('--temperature', type=float, default=None,
@@ -108,7 +109,8 @@ def run(args) -> None:
   image = read_image(args.image or args.inpaint) if (args.image or args.inpaint) else None
   mask = read_image(args.mask, 'L') > 127 if args.inpaint else None
   vlm = VLM.from_workdir(args.workdir, step=args.step, ema=args.ema)
-  image_opts = dict(cfg_scale=args.cfg_scale, cfg_schedule=args.cfg_schedule, steps=args.steps,
+  cfg_scale = vlm.config.eval.cfg_scale if args.cfg_scale is None else args.cfg_scale
+  image_opts = dict(cfg_scale=cfg_scale, cfg_schedule=args.cfg_schedule, steps=args.steps,
                     temperature=1.0 if args.temperature is None else args.temperature,
                     seed=args.seed, self_correct=args.self_correct, surprise=args.surprise,
                     threshold=args.threshold,

@@ -5,15 +5,17 @@ seed, docs/training.md): the shapes world alone; scales 3 and 6 of 5-px patches,
 coarsest scale is the world's 3 x 3 grid and an image takes 94 tokens instead of 173;
 rotary pairs on y and x only and the cell-position features (`model.rope_axes`,
 `model.image_pos_embed`); each scale's loss weighing the same (`loss.scale_weighting`);
-masked copies that look like generation (30 % of images fully masked, the rest 50-100 %
+masked copies that look like generation (60 % of images fully masked, the rest 50-100 %
 of each scale); four noise draws per target for the diffusion head; a BPE tokenizer of
 the world's words (`assets/shapes_bpe.model`: a caption is ~21 tokens instead of ~85
 bytes, every word one token), so one document fills a row of 136 tokens and a step of
 16 rows sees twice the documents; the fine scale drawn as its difference from the coarse
 one upsampled (`diffusion.target='residual'`); the diffusion head predicting the clean
-patch, its loss taken on the velocity it implies (`diffusion.objective='flow_x0'`); the
-text embedding initialised at std 1 (`model.embed_init_std`), so a word that predicts no
-later word (a colour) still stands out in the residual stream the image tokens read.
+patch with the plain x0 loss, trained and sampled mostly at high noise
+(`diffusion.objective='flow_x0_mse'`, `diffusion.time_shift=3`), guided at 1.5
+(`eval.cfg_scale`); the text embedding initialised at std 1 (`model.embed_init_std`), so
+a word that predicts no later word (a colour) still stands out in the residual stream the
+image tokens read.
 
 The tokenizer was trained on the built shapes set's captions (deterministic):
 
@@ -39,10 +41,11 @@ def get_config(arg=None):
   c.diffusion.depth = 2
   c.diffusion.noise_samples = 4  # MAR's: 4 noise draws per image target, no measurable cost here
   c.diffusion.target = 'residual'
-  c.diffusion.objective = 'flow_x0'  # the head predicts the clean patch (JiT): no speckle
+  c.diffusion.objective = 'flow_x0_mse'  # the head predicts the clean patch (JiT): no speckle
+  c.diffusion.time_shift = 3.0   # with the x0 loss: the head learns to draw the prompt's colour
   c.image.patch_size = 5
   c.image.scales = (3, 6)
-  c.image.share_fully_masked = 0.3
+  c.image.share_fully_masked = 0.6  # generation's from-nothing case: drawing needs it most
   c.image.mask_ratio_min = 0.5
   c.image.mask_ratio_max = 1.0
   c.model.rope_axes = 'yx'
@@ -62,6 +65,7 @@ def get_config(arg=None):
   c.eval.evaluators = ('text_perplexity', 'masked_patch_psnr', 'shapes', 'inpainting')
   c.eval.num_examples = 32
   c.eval.max_new_tokens = 48     # a caption is at most 34 tokens
+  c.eval.cfg_scale = 1.5         # 3 washes this head's colours out to white
   if arg:
     cfg_lib.apply_ablation(c, arg)
   return c

@@ -1,6 +1,6 @@
 """The whole chain learns, from caption to pixels: a tiny model trained for a few hundred
-steps on four fixed one-shape scenes (`data.builtin_scenes`) draws the colour, the cell and
-the kind each caption asks for, as the detector reads the picture back. A bug anywhere
+steps on four fixed one-shape scenes (`data.builtin_scenes`) draws the colour and the cell
+each caption asks for, as the detector reads the picture back. A bug anywhere
 between the caption's tokens, the layout, the model, the loss, the sampler and the
 detector shows here as pictures at chance (1 in 7 for a colour)."""
 
@@ -11,9 +11,9 @@ from dvlm_jax import train
 from dvlm_jax.data import builtin, shapes
 from dvlm_jax.evaluation import detector
 from dvlm_jax.inference.api import VLM
+from tests.conftest import ROOT
 
-SMALL = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                     'experiments', 'small.py')
+SMALL = os.path.join(ROOT, 'experiments', 'small.py')
 STEPS = 400
 OVERRIDES = [
     # small.py's recipe (its tokenizer, image grid, diffusion objective), a tiny model

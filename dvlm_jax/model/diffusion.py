@@ -96,7 +96,7 @@ class DiffusionObjective:
   schedule: str         # cosine | linear (eps / v)
   sample_steps: int
   noise_samples: int
-  time_shift: float = 1.0
+  time_shift: float     # 1 = uniform t (config.diffusion.time_shift)
 
   @classmethod
   def from_config(cls, config) -> 'DiffusionObjective':

@@ -72,7 +72,7 @@ def main(argv=None) -> int:
   p.add_argument('--top', type=int, default=12, help='op kinds to list')
   args = p.parse_args(rest)
   config = cfg_lib.load(args.config, overrides)
-  mesh, rules = sharding.make_mesh(config), sharding.rules(config)
+  ctx = sharding.Context.from_config(config)
   model = DreamVLM(ModelConfig.from_config(config))
   optimizer = optim_lib.make_optimizer(config)
   stream = pipeline.batches_for(config, process_index=0, process_count=1)
@@ -81,11 +81,10 @@ def main(argv=None) -> int:
   local = [next(stream) for _ in range(2 + args.steps)]
   data_ms = (time.perf_counter() - start) / len(local) * 1e3
   init_rng, step_rng = jax.random.split(jax.random.key(config.train.seed))
-  state, shardings = step_lib.init_state(model, optimizer, local[0], init_rng, mesh, rules)
-  run = step_lib.configured_train_step(config, model, optimizer, shardings, mesh, rules)
-  to_global = sharding.global_batch_fn(mesh, rules)
+  state, shardings = step_lib.init_state(model, optimizer, local[0], init_rng, ctx)
+  run = step_lib.configured_train_step(config, model, optimizer, shardings, ctx)
   start = time.perf_counter()
-  batches = [to_global(b) for b in local]
+  batches = [ctx.global_batch(b) for b in local]
   jax.block_until_ready(batches)
   transfer_ms = (time.perf_counter() - start) / len(local) * 1e3
   for batch in batches[:2]:
@@ -123,7 +122,7 @@ def main(argv=None) -> int:
     print(f'  {name[:34]:34s} {ms:8.1f} {ms / attributed:7.1%}')
   print('\nhost work per step beside it           ms/step')
   print(f'  next batch (data pipeline)         {data_ms:8.1f}')
-  print(f'  device transfer (to_global)        {transfer_ms:8.1f}')
+  print(f'  device transfer (global_batch)      {transfer_ms:8.1f}')
   return 0
 
 

@@ -91,12 +91,11 @@ def main(argv=None) -> int:
   args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
   config = cfg_lib.load(args.config, overrides)
   devices = jax.devices()
-  mesh = sharding.make_mesh(config)
-  axis_rules = sharding.rules(config)
+  ctx = sharding.Context.from_config(config)
   m = config.model
   print(f'{os.path.relpath(args.config, ROOT)} on {len(devices)} x {devices[0].device_kind} '
         f'({jax.default_backend()}): {config.data.batch_size} x {config.data.seq_len} tokens, '
-        f'dtype {m.dtype}, remat {m.remat}, attention {m.attention}, mesh {dict(mesh.shape)}')
+        f'dtype {m.dtype}, remat {m.remat}, attention {m.attention}, mesh {dict(ctx.mesh.shape)}')
   if jax.default_backend() == 'cpu':
     print('CPU: a smoke test of the benchmark, not performance')
 
@@ -105,15 +104,14 @@ def main(argv=None) -> int:
   stream = pipeline.batches_for(config, process_index=0, process_count=1)
   local = [next(stream) for _ in range(args.warmup + args.steps)]
   init_rng, step_rng = jax.random.split(jax.random.key(config.train.seed))
-  state, shardings = step_lib.init_state(model, optimizer, local[0], init_rng, mesh, axis_rules)
+  state, shardings = step_lib.init_state(model, optimizer, local[0], init_rng, ctx)
   n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
   print(f'{n_params / 1e6:.1f}M parameters')
-  run = step_lib.configured_train_step(config, model, optimizer, shardings, mesh, axis_rules)
-  to_global = sharding.global_batch_fn(mesh, axis_rules)
+  run = step_lib.configured_train_step(config, model, optimizer, shardings, ctx)
 
   times, step_flops, tokens = [], [], []
   for i, batch in enumerate(local):
-    global_batch = to_global(batch)
+    global_batch = ctx.global_batch(batch)
     start = time.perf_counter()
     state, metrics = run(state, global_batch, step_rng)
     jax.block_until_ready((state, metrics))
@@ -126,7 +124,7 @@ def main(argv=None) -> int:
     print(f'step {i + 1}{"" if measured else " (warmup)"}: {seconds * 1e3:.1f} ms, '
           f'loss {float(metrics["loss"]):.4f}')
 
-  peak, peak_source = memory_bytes(run, state, to_global(local[0]), step_rng)
+  peak, peak_source = memory_bytes(run, state, ctx.global_batch(local[0]), step_rng)
   total = sum(times)
   tflops = sum(step_flops) / total / len(devices) / 1e12
   peak_flops = flops.peak_flops_per_device(devices[0])

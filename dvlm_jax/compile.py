@@ -41,19 +41,17 @@ def compile_train_step(config):
   from dvlm_jax.training import optimizer as optim_lib
   from dvlm_jax.training import step as step_lib
   sharding.check(config, jax.device_count(), jax.process_count())
-  mesh, axis_rules = sharding.make_mesh(config), sharding.rules(config)
+  ctx = sharding.Context.from_config(config)
   model = DreamVLM(ModelConfig.from_config(config))
   optimizer = optim_lib.make_optimizer(config)
   spec = layout.batch_spec(layout.LayoutConfig.from_config(config), config.data.batch_size)
-  data = sharding.batch_sharding(mesh, axis_rules)
-  batch = {k: jax.ShapeDtypeStruct(shape, dtype, sharding=data)
+  batch = {k: jax.ShapeDtypeStruct(shape, dtype, sharding=ctx.batch_sharding)
            for k, (shape, dtype) in spec.items()}
   rng = jax.random.key(config.train.seed)
-  state, shardings = step_lib.abstract_state(model, optimizer, batch, rng, mesh, axis_rules,
+  state, shardings = step_lib.abstract_state(model, optimizer, batch, rng, ctx,
                                              ema=config.optim.ema_decay > 0)
-  train_step = step_lib.configured_train_step(config, model, optimizer, shardings, mesh,
-                                              axis_rules)
-  return train_step.lower(state, batch, jax.eval_shape(lambda: rng)).compile(), mesh
+  train_step = step_lib.configured_train_step(config, model, optimizer, shardings, ctx)
+  return train_step.lower(state, batch, jax.eval_shape(lambda: rng)).compile(), ctx.mesh
 
 
 def report(compiled, config, budget_gib: float | None) -> tuple[list[str], str | None]:

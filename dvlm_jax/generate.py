@@ -45,7 +45,8 @@ def parse_args(argv):
   p.add_argument('--cfg_schedule', choices=('constant', 'linear'), default='constant')
   p.add_argument('--steps', type=int, default=None, help='diffusion steps (default: config)')
   p.add_argument('--temperature', type=float, default=None,
-                 help='image noise scale (default 1) or text temperature (default 0, greedy)')
+                 help="image noise scale (default: the run's eval.temperature) or text "
+                      'temperature (default 0, greedy)')
   p.add_argument('--seed', type=int, default=0)
   p.add_argument('--self_correct', action='store_true')
   p.add_argument('--surprise', choices=('activation', 'pixel'), default='activation',
@@ -109,12 +110,12 @@ def run(args) -> None:
   image = read_image(args.image or args.inpaint) if (args.image or args.inpaint) else None
   mask = read_image(args.mask, 'L') > 127 if args.inpaint else None
   vlm = VLM.from_workdir(args.workdir, step=args.step, ema=args.ema)
-  cfg_scale = vlm.config.eval.cfg_scale if args.cfg_scale is None else args.cfg_scale
-  image_opts = dict(cfg_scale=cfg_scale, cfg_schedule=args.cfg_schedule, steps=args.steps,
-                    temperature=1.0 if args.temperature is None else args.temperature,
-                    seed=args.seed, self_correct=args.self_correct, surprise=args.surprise,
-                    threshold=args.threshold,
-                    max_tries=args.max_tries)
+  image_opts = dict(cfg_schedule=args.cfg_schedule, steps=args.steps, seed=args.seed,
+                    self_correct=args.self_correct, surprise=args.surprise,
+                    threshold=args.threshold, max_tries=args.max_tries)
+  # Unset guidance and noise scale: the run's own (eval.cfg_scale, eval.temperature).
+  image_opts.update({k: v for k, v in (('cfg_scale', args.cfg_scale),
+                                       ('temperature', args.temperature)) if v is not None})
   text_opts = dict(max_new_tokens=args.max_new_tokens, seed=args.seed,
                    temperature=args.temperature or 0.0, top_k=args.top_k, top_p=args.top_p)
   if args.generate:

@@ -9,12 +9,15 @@ jitted gets explicit in/out shardings derived from those names.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import math
 from typing import Any
 
 import flax.linen as nn
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from dvlm_jax.config import ConfigError
@@ -75,12 +78,6 @@ def check(config, num_devices: int, num_processes: int = 1) -> None:
                      f'{num_processes} processes (each feeds its own rows)')
 
 
-def make_mesh(config, devices=None) -> Mesh:
-  devices = list(devices if devices is not None else jax.devices())
-  shape = mesh_shape(config, len(devices))
-  return Mesh(np.asarray(devices).reshape(shape), MESH_AXES)
-
-
 def rules(config) -> tuple[tuple[str, Any], ...]:
   """The logical rules of `config`; with mesh.expert != 1, rows are split over 'expert' too.
 
@@ -97,37 +94,90 @@ def rules(config) -> tuple[tuple[str, Any], ...]:
   return tuple(out)
 
 
+def make_mesh(config, devices=None) -> Mesh:
+  devices = list(devices if devices is not None else jax.devices())
+  shape = mesh_shape(config, len(devices))
+  return Mesh(np.asarray(devices).reshape(shape), MESH_AXES)
+
+
 def logical_shardings(abstract_tree, mesh: Mesh, axis_rules) -> Any:
   """NamedShardings for a tree with nn.Partitioned leaves (replicated where unboxed)."""
   specs = nn.get_partition_spec(abstract_tree)
   return nn.logical_to_mesh_sharding(specs, mesh, axis_rules)
 
 
-def abstract_sharded(init, mesh: Mesh, axis_rules, *args):
-  """(ShapeDtypeStructs carrying their shardings, the shardings) of what `init(*args)`
-  returns, its boxed leaves placed by their logical axes; allocates nothing."""
-  with jax.set_mesh(mesh), nn.logical_axis_rules(axis_rules):
-    abstract = jax.eval_shape(init, *args)
-    shardings = logical_shardings(abstract, mesh, axis_rules)
-  structs = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                         nn.unbox(abstract), shardings)
-  return structs, shardings
+@dataclasses.dataclass(frozen=True)
+class Context:
+  """Where every program runs: the mesh and the logical rules. Training, evaluation and
+  inference all run under one (`scope`), so a model is evaluated sharded as it trained.
 
-
-def batch_sharding(mesh: Mesh, axis_rules) -> NamedSharding:
-  """Every batch field is split over its leading (batch) dimension."""
-  spec = nn.logical_to_mesh_axes(('batch',), axis_rules)
-  return NamedSharding(mesh, P(*spec))
-
-
-def global_batch_fn(mesh: Mesh, axis_rules):
-  """local numpy batch -> global jax.Arrays split over the batch axis.
-
-  Each process passes its own rows (data.batch_size / process_count of them); the global
-  batch is assembled from process-local data, never gathered on one host.
+  Rows are split over the mesh axes the 'batch' rule names; a program's row count must
+  divide by `row_shards` (inference pads its rows to it, `rows_for`).
   """
-  data = batch_sharding(mesh, axis_rules)
+  mesh: Mesh
+  rules: tuple
 
-  def to_global(local: dict) -> dict:
-    return {k: jax.make_array_from_process_local_data(data, np.asarray(v)) for k, v in local.items()}
-  return to_global
+  @classmethod
+  def from_config(cls, config, devices=None) -> 'Context':
+    return cls(make_mesh(config, devices), rules(config))
+
+  @contextlib.contextmanager
+  def scope(self):
+    """Traces and runs under the mesh and rules: the model's logical constraints apply."""
+    with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
+      yield
+
+  @property
+  def batch_sharding(self) -> NamedSharding:
+    """Every batch field is split over its leading (row) dimension."""
+    return NamedSharding(self.mesh, P(*nn.logical_to_mesh_axes(('batch',), self.rules)))
+
+  @property
+  def replicated(self) -> NamedSharding:
+    return NamedSharding(self.mesh, P())
+
+  @property
+  def row_shards(self) -> int:
+    """Into how many parts the rows of a batch are split."""
+    axes = self.batch_sharding.spec[0] if self.batch_sharding.spec else None
+    axes = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+    return math.prod(self.mesh.shape[a] for a in axes)
+
+  def rows_for(self, n: int) -> int:
+    """The least multiple of `row_shards` that holds n rows."""
+    return -(-n // self.row_shards) * self.row_shards
+
+  def abstract_sharded(self, init, *args):
+    """(ShapeDtypeStructs carrying their shardings, the shardings) of what `init(*args)`
+    returns, its boxed leaves placed by their logical axes; allocates nothing."""
+    with self.scope():
+      abstract = jax.eval_shape(init, *args)
+      shardings = logical_shardings(abstract, self.mesh, self.rules)
+    structs = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                           nn.unbox(abstract), shardings)
+    return structs, shardings
+
+  def global_batch(self, local: dict) -> dict:
+    """This process's rows (data.batch_size / process_count of them, numpy) -> global
+    jax.Arrays split over the rows; assembled from process-local data, never gathered."""
+    data = self.batch_sharding
+    return {k: jax.make_array_from_process_local_data(data, np.asarray(v))
+            for k, v in local.items()}
+
+  def put_rows(self, tree):
+    """Host arrays [rows, ...], the same on every process (inference builds its rows
+    everywhere alike) -> global arrays split over the rows."""
+    data = self.batch_sharding
+    def one(x):
+      x = np.asarray(x)
+      return jax.make_array_from_callback(x.shape, data, lambda index: x[index])
+    return jax.tree.map(one, tree)
+
+  def to_host(self, tree):
+    """Program outputs -> numpy on every process (gathered where they are split over
+    devices of other processes)."""
+    def one(x):
+      if not isinstance(x, jax.Array) or x.is_fully_addressable:
+        return np.asarray(x)
+      return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return jax.tree.map(one, tree)

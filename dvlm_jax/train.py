@@ -86,8 +86,7 @@ def train(config, workdir: str) -> dict[str, float]:
 
 
 def _train(config, workdir: str, main_process: bool) -> dict[str, float]:
-  mesh = sharding.make_mesh(config)
-  axis_rules = sharding.rules(config)
+  ctx = sharding.Context.from_config(config)   # the mesh and rules every program runs under
 
   model = DreamVLM(ModelConfig.from_config(config))
   data = pipeline.batches_for(config)                   # this process's rows, checkpointable
@@ -100,28 +99,25 @@ def _train(config, workdir: str, main_process: bool) -> dict[str, float]:
   ema = config.optim.ema_decay > 0
   ckpt = checkpoints.Checkpointer(workdir, config)
   abstract, state_shardings = step_lib.abstract_state(model, optimizer, batch_spec, init_rng,
-                                                      mesh, axis_rules, ema=ema)
+                                                      ctx, ema=ema)
   if config.checkpoint.restore == 'params_only':   # new optimizer and data from these weights
-    state, _ = step_lib.init_state(model, optimizer, batch_spec, init_rng, mesh, axis_rules, ema=ema)
+    state, _ = step_lib.init_state(model, optimizer, batch_spec, init_rng, ctx, ema=ema)
     params, start = ckpt.restore_params_only(abstract.params)
     if params is not None:
       state = state.replace(params=params, step=jax.numpy.asarray(start, state.step.dtype))
   else:
     state, start = ckpt.restore_latest(abstract, data)
     if state is None:
-      state, _ = step_lib.init_state(model, optimizer, batch_spec, init_rng, mesh, axis_rules,
-                                     ema=ema)
+      state, _ = step_lib.init_state(model, optimizer, batch_spec, init_rng, ctx, ema=ema)
   if main_process:   # only now: a refused resume leaves config.json as it was
-    run_dir.record_start(workdir, config, start, mesh)
+    run_dir.record_start(workdir, config, start, ctx.mesh)
   n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
   if main_process:
     print(f'{"resumed at step " + str(start) if start else "new run"}: {n_params / 1e6:.2f}M '
-          f'parameters; mesh {dict(mesh.shape)} over {jax.process_count()} process(es); '
+          f'parameters; mesh {dict(ctx.mesh.shape)} over {jax.process_count()} process(es); '
           f'{config.data.batch_size} x {config.data.seq_len} tokens per step', flush=True)
 
-  train_step = step_lib.configured_train_step(config, model, optimizer, state_shardings, mesh,
-                                              axis_rules)
-  to_global = sharding.global_batch_fn(mesh, axis_rules)
+  train_step = step_lib.configured_train_step(config, model, optimizer, state_shardings, ctx)
   logger = metrics_lib.MetricsLogger(workdir, config, first_step=start)
   preemption = distributed.Preemption()
   profile = tuple(config.train.profile_steps)
@@ -134,7 +130,7 @@ def _train(config, workdir: str, main_process: bool) -> dict[str, float]:
         jax.profiler.start_trace(os.path.join(workdir, 'profile'))
       local = next(data)
       layout.check_capacities(local, layout_cfg)   # the model would drop what overflows
-      state, metrics = train_step(state, to_global(local), step_rng)
+      state, metrics = train_step(state, ctx.global_batch(local), step_rng)
       if step == start + 1 or step % config.train.log_every == 1:  # FLOPs of a sample batch
         step_flops = flops.train_step_flops(config, local) * jax.process_count()
       logger.count(np.count_nonzero(local['segment_ids']) * jax.process_count(), step_flops)
@@ -154,7 +150,7 @@ def _train(config, workdir: str, main_process: bool) -> dict[str, float]:
         ckpt.save(step, state, data)
       if eval_runner.due(config, step):
         ckpt.wait()   # the async save lands first: evaluation never races checkpoint I/O
-        eval_runner.maybe_evaluate(config, state.params, step, workdir)  # every process
+        eval_runner.maybe_evaluate(config, state.params, step, workdir, ctx)  # every process
         if step == config.train.steps and main_process:
           print_eval_summary(workdir, step)
       if preemption.reached(step):

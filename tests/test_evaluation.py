@@ -232,18 +232,18 @@ def _training_time_evaluation(workdir):
   from dvlm_jax.training import optimizer as optim_lib
   from dvlm_jax.training import step as step_lib
   config = loading.read_config(workdir)
-  mesh = sharding.make_mesh(config)
+  ctx = sharding.Context.from_config(config)
   spec = layout.batch_spec(layout.LayoutConfig.from_config(config), config.data.batch_size)
   spec = {k: jax.ShapeDtypeStruct(shape, dtype) for k, (shape, dtype) in spec.items()}
   abstract, _ = step_lib.abstract_state(
       loading.build_model(config), optim_lib.make_optimizer(config), spec,
-      jax.random.key(config.train.seed), mesh, sharding.rules(config))
+      jax.random.key(config.train.seed), ctx)
   ckpt = checkpoints.Checkpointer(workdir, config)
   state, step = ckpt.restore_latest(abstract)
   ckpt.close()
   assert step == STEP
-  assert runner.maybe_evaluate(config, state.params, STEP - 1, workdir) is None  # not due
-  assert runner.maybe_evaluate(config, state.params, STEP, workdir) is not None
+  assert runner.maybe_evaluate(config, state.params, STEP - 1, workdir, ctx) is None  # not due
+  assert runner.maybe_evaluate(config, state.params, STEP, workdir, ctx) is not None
 
 
 @pytest.fixture(scope='session')

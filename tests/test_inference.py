@@ -183,7 +183,8 @@ def test_text_api_batches_and_seeds(vlm):
 # ------------------------------------------------------------------------- generation
 
 def test_k_plus_one_passes_equal_the_cache_free_reference(vlm):
-  opts = images_lib.GenerationOptions(cfg_scale=3.0, cfg_schedule='linear', steps=4, seed=5)
+  opts = images_lib.GenerationOptions(cfg_scale=3.0, temperature=1.0, cfg_schedule='linear',
+                                      steps=4, seed=5)
   fast = vlm._images.text_to_image(vlm.params, PROMPTS, opts, 'draw: ')
   slow = vlm._images.text_to_image(vlm.params, PROMPTS, opts, 'draw: ', reference=True)
   for f, s in zip(fast, slow):
@@ -217,7 +218,7 @@ def test_next_patch_generation_over_the_cache_equals_the_reference():
   config = cfg_lib.janus_like(tiny_config())
   _, params = build(config, image_batch(config))
   vlm = VLM.from_params(config, _perturbed(params))
-  opts = images_lib.GenerationOptions(cfg_scale=3.0, steps=2, seed=5)
+  opts = images_lib.GenerationOptions(temperature=1.0, cfg_scale=3.0, steps=2, seed=5)
   fast = vlm._images.text_to_image(vlm.params, PROMPTS, opts, 'draw: ')
   slow = vlm._images.text_to_image(vlm.params, PROMPTS, opts, 'draw: ', reference=True)
   assert len(vlm.layout.scales) == 1 and len(fast[0].patches) == 1
@@ -324,8 +325,9 @@ def test_activation_surprise_over_the_cache_equals_the_reference_and_calibrates(
   try is looked at over the KV cache (only the head re-draws); the full forward pass per
   try gives the same surprises, tries and samples. Calibration: per scale a percentile of
   real pictures' surprise."""
-  opts = images_lib.GenerationOptions(cfg_scale=2.0, steps=2, seed=3, self_correct=True,
-                                      surprise='activation', threshold=-1.0, max_tries=2)
+  opts = images_lib.GenerationOptions(cfg_scale=2.0, temperature=1.0, steps=2, seed=3,
+                                      self_correct=True, surprise='activation', threshold=-1.0,
+                                      max_tries=2)
   fast = vlm._images.text_to_image(vlm.params, PROMPTS, opts, 'draw: ')
   slow = vlm._images.text_to_image(vlm.params, PROMPTS, opts, 'draw: ', reference=True)
   for f, s in zip(fast, slow):
@@ -352,7 +354,7 @@ def test_inpainting_keeps_unmasked_pixels_bit_identical(vlm):
   mask2 = np.zeros((30, 30), bool)
   mask2[0, 0] = True                       # one pixel: one patch per scale
   images, masks = [image, random_image(5, 30, 30)], [mask, mask2]
-  opts = images_lib.GenerationOptions(cfg_scale=2.0, steps=4, seed=1)
+  opts = images_lib.GenerationOptions(temperature=1.0, cfg_scale=2.0, steps=4, seed=1)
   out, gen = vlm._images.inpaint(vlm.params, images, masks, ['a star', 'x'], opts, 'draw: ')
   for img, m, o in zip(images, masks, out):
     assert o.shape == img.shape and o.dtype == np.uint8
@@ -409,7 +411,7 @@ def test_single_copy_models_cannot_lose_the_sample(vlm):
   config.image.dual_copy = False
   single = VLM.from_params(config, vlm.params)   # the parameters do not depend on the copies
   assert single.layout.image_tokens < vlm.layout.image_tokens
-  opts = images_lib.GenerationOptions(cfg_scale=1.0, steps=2, seed=0)
+  opts = images_lib.GenerationOptions(temperature=1.0, cfg_scale=1.0, steps=2, seed=0)
   fast = single._images.text_to_image(single.params, PROMPTS[:1], opts, 'draw: ')
   slow = single._images.text_to_image(single.params, PROMPTS[:1], opts, 'draw: ', reference=True)
   for a, b in zip(fast[0].patches, slow[0].patches):

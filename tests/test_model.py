@@ -287,15 +287,14 @@ def test_tiny_model_overfits_a_fixed_batch():
   config.optim.weight_decay = 0.0
   config.train.steps = 300
   batch = image_batch(config)
-  mesh = sharding.make_mesh(config)
-  rules = sharding.rules(config)
+  ctx = sharding.Context.from_config(config)
   model, _ = build(config, batch)
   optimizer = optim_lib.make_optimizer(config)
-  state, shardings = step_lib.init_state(model, optimizer, batch, jax.random.key(0), mesh, rules)
-  train_step = step_lib.jit_train_step(
+  state, shardings = step_lib.init_state(model, optimizer, batch, jax.random.key(0), ctx)
+  train_step = step_lib.JittedStep(
       step_lib.make_train_step(model, optimizer, losses.LossConfig.from_config(config),
                                optim_lib.learning_rate_schedule(config)),
-      shardings, mesh, rules)
+      shardings, ctx)
   history = []
   for _ in range(config.train.steps):
     state, metrics = train_step(state, batch, jax.random.key(7))

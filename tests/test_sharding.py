@@ -1,5 +1,6 @@
 """The same config on 1 device and on 8 fake CPU devices (fsdp x tensor, and with MoE
-fsdp x expert x tensor) trains identically."""
+fsdp x expert x tensor) trains identically, and (fsdp x tensor) evaluates identically:
+evaluation runs under the training mesh, its rows split over fsdp, heads over tensor."""
 
 import json
 import os
@@ -21,13 +22,24 @@ def run(workdir, devices, *overrides):
     return [json.loads(line) for line in f]
 
 
+EVAL = ('--config.eval.at_end=true', '--config.eval.evaluators=text_perplexity,shapes',
+        '--config.eval.num_examples=3', '--config.eval.batch_size=3',
+        '--config.eval.max_new_tokens=16', '--config.eval.sample_steps=2')
+
+
 def test_fsdp_tensor_mesh_matches_one_device(tmp_path):
-  one = run(str(tmp_path / 'one'), 1)
-  eight = run(str(tmp_path / 'eight'), 8, '--config.mesh.fsdp=4', '--config.mesh.tensor=2')
+  one = run(str(tmp_path / 'one'), 1, *EVAL)
+  eight = run(str(tmp_path / 'eight'), 8, '--config.mesh.fsdp=4', '--config.mesh.tensor=2', *EVAL)
   assert len(one) == len(eight) == 3
   for a, b in zip(one, eight):
     for key in ('loss', 'text', 'imun', 'imgen', 'grad_norm'):
       assert abs(a[key] - b[key]) <= 1e-4 * max(1.0, abs(a[key])), (a['step'], key, a[key], b[key])
+  # The evaluation at the end: 3 examples padded to 4 rows, one per fsdp device.
+  evals = [json.load(open(os.path.join(tmp_path, name, 'eval', '6.json')))['metrics']
+           for name in ('one', 'eight')]
+  assert sorted(evals[0]) == sorted(evals[1]) and 'shapes/generation/colour' in evals[0]
+  for key, value in evals[0].items():
+    assert abs(value - evals[1][key]) <= 1e-4 * max(1.0, abs(value)), (key, value, evals[1][key])
 
 
 def test_moe_expert_mesh_matches_one_device(tmp_path):

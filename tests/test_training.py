@@ -59,8 +59,11 @@ def assert_same_losses(a, b, steps):
       assert abs(a[s][key] - b[s][key]) <= 1e-5 * max(1.0, abs(a[s][key])), (s, key, a[s][key], b[s][key])
 
 
-EVAL = ['--config.eval.evaluators=text_perplexity,masked_patch_psnr',
-        '--config.eval.num_examples=2', '--config.eval.batch_size=2']
+# Every kind of program evaluation runs: packed rows (perplexity), the imun head
+# (reconstruction), KV-cache decoding (captions) and next-scale sampling (generation).
+EVAL = ['--config.eval.evaluators=text_perplexity,masked_patch_psnr,shapes',
+        '--config.eval.num_examples=2', '--config.eval.batch_size=2',
+        '--config.eval.max_new_tokens=16', '--config.eval.sample_steps=2']
 
 
 def test_two_processes_killed_and_resumed_match_an_uninterrupted_run(tmp_path):
@@ -81,7 +84,8 @@ def test_two_processes_killed_and_resumed_match_an_uninterrupted_run(tmp_path):
   assert one.returncode == 0, one.stderr[-3000:]
   with open(tmp_path / 'straight' / 'eval' / '4.json') as f:
     one_process = json.load(f)['metrics']
-  assert sorted(one_process) == sorted(two_processes) and 'recon/psnr' in one_process
+  assert sorted(one_process) == sorted(two_processes)
+  assert {'recon/psnr', 'text/loss', 'shapes/caption/colour', 'shapes/generation/colour'} <= set(one_process)
   for key, value in one_process.items():
     assert abs(value - two_processes[key]) <= 1e-4 * max(1.0, abs(value)), (key, value)
   assert launch(tmp_path / 'broken', '--config.debug.crash_at_step=3') == 17   # killed

@@ -104,17 +104,19 @@ def due(config, step: int) -> bool:
       bool(config.eval.at_end) and step == int(config.train.steps))
 
 
-def maybe_evaluate(config, state_params, step: int, workdir: str) -> dict[str, float] | None:
+def maybe_evaluate(config, state_params, step: int, workdir: str,
+                   context) -> dict[str, float] | None:
   """The training loop's hook: evaluates the current parameters when `due`, else None.
 
   Call it after the train step of `step` (the parameters the checkpoint of that step
-  holds). Every process must call it. Prints one line with the headline numbers.
+  holds), with the training `sharding.Context` (the model is evaluated sharded as it
+  trains). Every process must call it. Prints one line with the headline numbers.
   """
   if not config.eval.evaluators or not due(config, step):
     return None
   from dvlm_jax.inference.api import VLM  # only when evaluating: keeps training imports light
   start = time.perf_counter()
-  vlm = VLM.from_params(config, state_params, step=step)
+  vlm = VLM.from_params(config, state_params, step=step, context=context)
   metrics = evaluate(vlm, config, step, workdir)
   if jax.process_index() == 0:
     shown = ' | '.join(f'{k} {_number(metrics[k])}' for k in HEADLINE if k in metrics)

@@ -55,10 +55,10 @@ class TextPerplexity(Evaluator):
                    'text/caption_loss': math.log(vocab), 'text/caption_perplexity': float(vocab)}
     self.grids = {}
 
-  def _batches(self, docs):
-    """Packed batches of `batch_size` rows holding every document once."""
+  def _batches(self, docs, rows: int):
+    """Packed batches of `rows` rows holding every document once."""
     rng = np.random.default_rng(self.seed)  # drawn from, but with nothing masked or dropped
-    packer = layout_lib.Packer(self.layout, self.batch_size)
+    packer = layout_lib.Packer(self.layout, rows)
     for doc in docs:
       encoded = layout_lib.encode_document(doc, self.layout, self.tokenizer, rng)
       if not packer.add(encoded):
@@ -69,8 +69,11 @@ class TextPerplexity(Evaluator):
 
   def _loss(self, vlm, docs) -> float:
     nll = weight = 0.0
-    for batch in self._batches(docs):
-      batch_nll, batch_weight = _text_nll_sums(vlm.model, vlm.params, batch)
+    ctx = vlm.context   # the rows split over its devices: padded to a multiple of them
+    for batch in self._batches(docs, ctx.rows_for(self.batch_size)):
+      with ctx.scope():
+        sums = _text_nll_sums(vlm.model, vlm.params, ctx.put_rows(batch))
+      batch_nll, batch_weight = ctx.to_host(sums)
       nll += float(batch_nll)
       weight += float(batch_weight)
     return nll / max(weight, 1.0)

@@ -3,7 +3,7 @@
   vlm = VLM.from_workdir('runs/small')                 # or VLM.from_params(config, params)
   vlm.generate_text(['a red circle'], max_new_tokens=32)
   vlm.describe([image], questions=['what colour is it?'], mode='surprisal')
-  out = vlm.generate_images(['a red circle above a blue square'], cfg_scale=3.0)
+  out = vlm.generate_images(['a red circle above a blue square'], cfg_scale=1.5)
   vlm.inpaint([image], [mask], prompts=['a green star'])
   vlm.reconstruct([image], mask_ratio=0.5)
 
@@ -15,8 +15,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Sequence
 
+import jax
 import numpy as np
 
+from dvlm_jax import sharding
 from dvlm_jax.data import builtin, layout, pipeline
 from dvlm_jax.inference import images as images_lib
 from dvlm_jax.inference import loading, sequence, text as text_lib
@@ -30,26 +32,35 @@ MODES = ('clean', 'surprisal')
 class VLM:
   """A model and its parameters, with batched inference methods."""
 
-  def __init__(self, config, model, params, step: int = 0):
+  def __init__(self, config, model, params, step: int = 0,
+               context: sharding.Context | None = None):
+    """`params` sharded by `context` (None: placed over `loading.inference_context`)."""
     self.config = config
     self.model = model
+    if context is None:
+      context = loading.inference_context(config)
+      abstract = loading.abstract_params(model, config, context)
+      params = jax.device_put(params, jax.tree.map(lambda a: a.sharding, abstract))
+    self.context = context
     self.params = params
     self.step = int(step)
     self.tokenizer = pipeline.load_tokenizer(config)
     self.layout = layout.LayoutConfig.from_config(config)
-    self._text = text_lib.TextDecoder(model, self.layout, self.tokenizer)
-    self._images = images_lib.ImageGenerator(model, config, self.tokenizer)
+    self._text = text_lib.TextDecoder(model, self.layout, self.tokenizer, context)
+    self._images = images_lib.ImageGenerator(model, config, self.tokenizer, context)
 
   @classmethod
   def from_workdir(cls, workdir: str, step: int | None = None, ema: bool = False) -> 'VLM':
     """The newest (or `step`'s) checkpoint of a run directory; `ema` for the EMA params."""
     loaded = loading.load(workdir, step=step, ema=ema)
-    return cls(loaded.config, loaded.model, loaded.params, loaded.step)
+    return cls(loaded.config, loaded.model, loaded.params, loaded.step, loaded.context)
 
   @classmethod
-  def from_params(cls, config, params, step: int = 0) -> 'VLM':
-    """Wraps live parameters (evaluation during training)."""
-    return cls(config, loading.build_model(config), params, step)
+  def from_params(cls, config, params, step: int = 0,
+                  context: sharding.Context | None = None) -> 'VLM':
+    """Wraps live parameters: evaluation during training passes the training context,
+    whose mesh and rules the params are sharded by."""
+    return cls(config, loading.build_model(config), params, step, context)
 
   # ----------------------------------------------------------------------------- text
   def generate_text(self, prompts: list[str], max_new_tokens: int = 64, temperature: float = 0.0,
@@ -119,19 +130,25 @@ class VLM:
     return layout.draw_masks(draw_cfg, np.random.default_rng([seed, index]))
 
   # --------------------------------------------------------------------------- images
-  def generate_images(self, prompts: list[str], cfg_scale: float = 3.0,
-                      cfg_schedule: str = 'constant', steps: int | None = None,
-                      temperature: float = 1.0, seed: int = 0, self_correct: bool = False,
-                      threshold: float | tuple[float, ...] = 0.5, max_tries: int = 3,
-                      surprise: str = 'activation') -> list[GeneratedImage]:
+  def generate_images(self, prompts: list[str], **options) -> list[GeneratedImage]:
     """One image per prompt, next-scale (patch by patch for the Janus-like baseline), from
-    `'draw: ' + prompt` (the training layout). With `self_correct`, a scale whose `surprise`
-    is above `threshold` (one, or one per scale: `calibrate_surprise`) is drawn again."""
+    `'draw: ' + prompt` (the training layout).
+
+    `options` (`images.GenerationOptions`): cfg_scale and temperature (default: the run's
+    eval.cfg_scale and eval.temperature), cfg_schedule ('constant' | 'linear'), steps
+    (default: diffusion.sample_steps), seed, and self-correction: with `self_correct`, a
+    scale whose `surprise` ('activation' | 'pixel') is above `threshold` (one, or one per
+    scale: `calibrate_surprise`) is drawn again, up to `max_tries` times.
+    """
     _check_texts(prompts, 'prompts')
-    opts = GenerationOptions(cfg_scale=cfg_scale, cfg_schedule=cfg_schedule, steps=steps,
-                             temperature=temperature, seed=seed, self_correct=self_correct,
-                             surprise=surprise, threshold=threshold, max_tries=max_tries)
-    return self._images.text_to_image(self.params, prompts, opts, builtin.GENERATION_PROMPT)
+    return self._images.text_to_image(self.params, prompts, self._generation_options(options),
+                                      builtin.GENERATION_PROMPT)
+
+  def _generation_options(self, options: dict) -> GenerationOptions:
+    """`options` over the run's defaults of guidance and starting noise (config.eval)."""
+    defaults = {'cfg_scale': float(self.config.eval.cfg_scale),
+                'temperature': float(self.config.eval.temperature)}
+    return GenerationOptions(**{**defaults, **options})
 
   def calibrate_surprise(self, images: list[np.ndarray], prompts: list[str],
                          surprise: str = 'activation', percentile: float = 90.0
@@ -154,7 +171,7 @@ class VLM:
     if prompts is not None:
       _check_texts(prompts, 'prompts')
     out, _ = self._images.inpaint(self.params, images, masks, prompts,
-                                  GenerationOptions(**options), builtin.GENERATION_PROMPT)
+                                  self._generation_options(options), builtin.GENERATION_PROMPT)
     return out
 
   def reconstruct(self, images: list[np.ndarray], mask_ratio: float = 0.5,

@@ -58,6 +58,7 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
+from dvlm_jax import sharding
 from dvlm_jax.data import layout
 from dvlm_jax.data import tokenizer as tok
 from dvlm_jax.inference import sequence
@@ -78,10 +79,12 @@ class Unsupported(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class GenerationOptions:
-  cfg_scale: float = 3.0
+  """How to sample; `VLM.generate_images` fills cfg_scale and temperature from the run's
+  config (eval.cfg_scale, eval.temperature) when not given."""
+  cfg_scale: float
+  temperature: float                 # scales the starting noise
   cfg_schedule: str = 'constant'     # constant | linear (1 at the coarsest scale -> cfg_scale)
   steps: int | None = None           # diffusion steps; None = config.diffusion.sample_steps
-  temperature: float = 1.0           # scales the starting noise
   seed: int = 0
   self_correct: bool = False
   surprise: str = 'activation'       # activation | pixel (what self-correction measures)
@@ -331,16 +334,31 @@ def _patch_pred(params, batch, *, model: DreamVLM, positions: tuple[int, ...]):
 
 # ------------------------------------------------------------------------- generation
 
+def _in_context(method):
+  """Runs an ImageGenerator entry point under its sharding context (mesh and logical
+  rules): every program it calls is traced with the model's constraints, rows split."""
+  @functools.wraps(method)
+  def run(self, *args, **kwargs):
+    with self.ctx.scope():
+      return method(self, *args, **kwargs)
+  return run
+
+
 class ImageGenerator:
   """Batched next-scale (or next-patch) generation and reconstruction for one model."""
 
-  def __init__(self, model: DreamVLM, config, tokenizer):
+  def __init__(self, model: DreamVLM, config, tokenizer, ctx: sharding.Context):
     self.model = model
+    self.ctx = ctx
     self.config = config
     self.cfg = layout.LayoutConfig.from_config(config)
     self.tokenizer = tokenizer
     self.objective = DiffusionObjective.from_config(config)
     self.norm_pix = bool(config.model.imun_norm_pix)
+
+  def _put(self, rows: dict[str, np.ndarray]) -> dict:
+    """Host rows -> global arrays split over the context's row shards."""
+    return self.ctx.put_rows(rows)
 
   # -- checks
   def _check_can_generate(self, opts: GenerationOptions):
@@ -365,6 +383,7 @@ class ImageGenerator:
     anchor = sequence.bucket(max(starts), PREFIX_QUANTUM)
     return sequence.place(docs, self.cfg, anchor + self.cfg.image_tokens, starts, anchor)
 
+  @_in_context
   def generate(self, params, documents: Sequence[Sequence], canvases: Sequence[Canvas],
                opts: GenerationOptions, unconditional: Sequence[Sequence] | None = None,
                reference: bool = False) -> list[GeneratedImage]:
@@ -376,7 +395,7 @@ class ImageGenerator:
       return []
     if len(canvases) != b or (unconditional is not None and len(unconditional) != b):
       raise ValueError('one canvas (and unconditional document) per document')
-    padded = text_lib.row_bucket(b)   # padding rows repeat the last image, results dropped
+    padded = text_lib.row_bucket(b, self.ctx)   # padding rows repeat the last image, results dropped
     documents, canvases = text_lib.pad_rows(documents, padded), text_lib.pad_rows(canvases, padded)
     num_scales = len(self.cfg.scales)
     guided = unconditional is not None and opts.guided(num_scales)
@@ -426,20 +445,19 @@ class ImageGenerator:
       if reference:   # a full forward pass per patch, no cache
         x = np.zeros(given.shape, np.float32)
         for j in range(size):
-          cond, _ = _full(params, batch, np.asarray([first + j - 1], np.int32), model=self.model)
+          cond, _ = _full(params, self._put(batch), np.asarray([first + j - 1], np.int32), model=self.model)
           xj, _ = _draw(params, cond, None, given[:, j:j + 1], where[:, j:j + 1],
                         base[:, j:j + 1], jax.random.fold_in(scale_key, j),
                         guidance, jnp.float32(opts.temperature), model=self.model,
                         objective=self.objective, norm_pix=False, steps=steps, guided=guided)
-          x[:, j] = np.asarray(xj)[:, 0]
+          x[:, j] = self.ctx.to_host(xj)[:, 0]
           batch['patches'][:, first + j] = np.concatenate([x[:, j]] * copies)
       else:
         x, patches, cache = _next_patches(
             params, cache, batch, given, where, base, scale_key, guidance,
             jnp.float32(opts.temperature), model=self.model, objective=self.objective,
             start=start, first=first, size=size, steps=steps, guided=guided)
-        x = np.asarray(x)
-        batch['patches'] = np.array(patches)
+        x, batch['patches'] = self.ctx.to_host((x, patches))
       start = first + size
       scales.append(x)
     nan = np.full(rows_b, np.nan, np.float32)
@@ -460,21 +478,21 @@ class ImageGenerator:
       own = slots.masked[k] + np.arange(size, dtype=np.int32)
       fed = slots.fed(k) + np.arange(size, dtype=np.int32)
       if reference:
-        cond, pred = _full(params, batch, pred_at + np.arange(size, dtype=np.int32),
+        cond, pred = _full(params, self._put(batch), pred_at + np.arange(size, dtype=np.int32),
                            model=self.model)
-        before = _core_at(params, batch, own, model=self.model)
+        before = _core_at(params, self._put(batch), own, model=self.model)
       else:
         start, n = passes[k]
-        cond, pred, before, cache = _chunk(params, cache, batch, model=self.model, start=start,
+        cond, pred, before, cache = _chunk(params, cache, self._put(batch), model=self.model, start=start,
                                            n=n, pred_at=pred_at, size=size)
       where = np.stack([c.sample[k] for c in canvases])
 
       def activation(x, k=k, fed=fed, before=before, cache=cache):
         """The activation surprise of sample x: its U_k fed over the cache (only looked at)."""
         rows = self._fed(batch, fed, x, copies)
-        after = (_core_at(params, rows, fed, model=self.model) if reference else
-                 _probe(params, cache, rows, model=self.model, start=int(fed[0]), n=len(fed)))
-        return np.asarray(activation_surprise(before[:padded], after[:padded], where))
+        after = (_core_at(params, self._put(rows), fed, model=self.model) if reference else
+                 _probe(params, cache, self._put(rows), model=self.model, start=int(fed[0]), n=len(fed)))
+        return self.ctx.to_host(activation_surprise(before[:padded], after[:padded], where))
 
       measure = activation if opts.self_correct and opts.surprise == 'activation' else None
       x, s, t = self._sample_scale(
@@ -487,7 +505,7 @@ class ImageGenerator:
       tries.append(t)
     if not reference:   # pass K: U_K <IMG_END>, the cache then holds the whole image
       start, n = passes[-1]
-      _chunk(params, cache, batch, model=self.model, start=start, n=n, pred_at=0, size=0)
+      _chunk(params, cache, self._put(batch), model=self.model, start=start, n=n, pred_at=0, size=0)
     return scales, surprises, tries
 
   def _fed(self, batch, fed, x, copies) -> dict[str, np.ndarray]:
@@ -512,8 +530,8 @@ class ImageGenerator:
       x, s = _draw(params, cond, pred, given, where, base, jax.random.fold_in(key, t),
                    jnp.float32(guidance), jnp.float32(opts.temperature), model=self.model,
                    objective=self.objective, norm_pix=self.norm_pix, steps=steps, guided=guided)
-      x = np.asarray(x)
-      return x, np.asarray(s) if measure is None else measure(x)
+      x, s = self.ctx.to_host((x, s))
+      return x, s if measure is None else measure(x)
 
     best, best_s = draw(0)
     has_work = where.any(axis=-1)
@@ -532,6 +550,7 @@ class ImageGenerator:
       active &= s > threshold
     return best, best_s, tries
 
+  @_in_context
   def calibrate(self, params, images: Sequence[np.ndarray], prompts: Sequence[str], prefix: str,
                 surprise: str = 'activation', percentile: float = 90.0) -> tuple[float, ...]:
     """Per scale, the `percentile` of the surprise of real images: the self-correction
@@ -547,8 +566,8 @@ class ImageGenerator:
       raise ValueError(f'percentile must lie in [0, 100], got {percentile}')
     if len(images) != len(prompts) or not images:
       raise ValueError(f'calibrate: {len(images)} images, {len(prompts)} prompts (need >= 1 each)')
-    self._check_can_generate(GenerationOptions(self_correct=True, surprise=surprise))
-    padded = text_lib.row_bucket(len(images))
+    self._check_can_generate(GenerationOptions(1.0, 1.0, self_correct=True, surprise=surprise))
+    padded = text_lib.row_bucket(len(images), self.ctx)
     items = [sequence.image_item(image, self.cfg) for image in text_lib.pad_rows(images, padded)]
     docs = [[prefix + p, it] for p, it in zip(text_lib.pad_rows(prompts, padded), items)]
     thresholds = []
@@ -566,16 +585,17 @@ class ImageGenerator:
       truth = np.stack([it.patches[k] for it in items])
       where = np.ones((padded, size), bool)
       if surprise == 'activation':
-        before = _core_at(params, batch, own, model=self.model)
-        after = _core_at(params, self._fed(batch, fed, truth, 1), fed, model=self.model)
+        before = _core_at(params, self._put(batch), own, model=self.model)
+        after = _core_at(params, self._put(self._fed(batch, fed, truth, 1)), fed, model=self.model)
         values = activation_surprise(before, after, where)
       else:
-        _, pred = _full(params, batch, slots.predicting(k) + np.arange(size, dtype=np.int32),
+        _, pred = _full(params, self._put(batch), slots.predicting(k) + np.arange(size, dtype=np.int32),
                         model=self.model)
         values = pixel_surprise(pred, truth, where, self.norm_pix)
-      thresholds.append(float(np.percentile(np.asarray(values)[:len(images)], percentile)))
+      thresholds.append(float(np.percentile(self.ctx.to_host(values)[:len(images)], percentile)))
     return tuple(thresholds)
 
+  @_in_context
   def surprisal(self, params, documents: Sequence[Sequence]) -> np.ndarray:
     """[B, K]: per document (ending with an image whose M_k masks are set) and scale, the
     activation surprise at the masked patches: the core output at M_k (what the model
@@ -585,14 +605,14 @@ class ImageGenerator:
       raise Unsupported('surprisal compares M_k with U_k: it needs masked targets and two '
                         'copies (image.dual_copy=True)')
     b = len(documents)
-    padded = text_lib.row_bucket(b)
+    padded = text_lib.row_bucket(b, self.ctx)
     batch = self._rows(text_lib.pad_rows(documents, padded))
     slots = sequence.image_slots(batch, self.cfg.target_shift)
     out = np.full((b, len(slots.sizes)), np.nan, np.float32)
     own = np.concatenate([slots.masked[k] + np.arange(n) for k, n in enumerate(slots.sizes)])
     fed = np.concatenate([slots.fed(k) + np.arange(n) for k, n in enumerate(slots.sizes)])
-    core = _core_at(params, batch, np.concatenate([own, fed]).astype(np.int32), model=self.model)
-    before, after = np.split(np.asarray(core), 2, axis=1)
+    core = _core_at(params, self._put(batch), np.concatenate([own, fed]).astype(np.int32), model=self.model)
+    before, after = np.split(self.ctx.to_host(core), 2, axis=1)
     masked = batch['is_masked'][:, own]
     start = 0
     for k, n in enumerate(slots.sizes):
@@ -647,6 +667,7 @@ class ImageGenerator:
       out.append(result)
     return out, generated
 
+  @_in_context
   def reconstruct(self, params, images: Sequence[np.ndarray], mask_ratio: float,
                   seed: int) -> list[dict]:
     """Masked reconstruction by the imun head, per image and scale.
@@ -671,7 +692,7 @@ class ImageGenerator:
                                  layout.draw_masks(draw_cfg, np.random.default_rng([seed, i])))
              for i, img in enumerate(images)]
     docs = [sequence.encode([it], self.cfg, self.tokenizer)
-            for it in text_lib.pad_rows(items, text_lib.row_bucket(len(items)))]
+            for it in text_lib.pad_rows(items, text_lib.row_bucket(len(items), self.ctx))]
     length = sequence.bucket(len(docs[0]['tokens']), 64)
     batch = sequence.place(docs, self.cfg, length, [0] * len(docs), 0)
     slots = sequence.image_slots(batch, self.cfg.target_shift)
@@ -679,7 +700,8 @@ class ImageGenerator:
     firsts = np.cumsum((0,) + slots.sizes)
     positions = tuple(int(p) for k, size in enumerate(slots.sizes)
                       for p in slots.predicting(k) + np.arange(size))
-    pred_all = np.asarray(_patch_pred(params, batch, model=self.model, positions=positions))
+    pred_all = self.ctx.to_host(_patch_pred(params, self._put(batch), model=self.model,
+                                             positions=positions))
     results = []
     for r, it in enumerate(items):
       res = {key: [] for key in ('masked', 'prediction', 'target', 'mask', 'mse', 'psnr')}

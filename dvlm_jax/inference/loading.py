@@ -4,7 +4,7 @@
   loaded = load('runs/small', step=300, ema=True)
 
 Parameters are restored only through `checkpoints.restore_params`, sharded as they
-trained: over the run's mesh (`inference_mesh`) by the run's logical rules, so a model
+trained: over the run's mesh by the run's logical rules (`inference_context`), so a model
 too large for one device is evaluated sharded and every process of a multi-host job
 holds its own shards. Nothing else of the train state (optimizer, data iterator) is read.
 """
@@ -32,6 +32,7 @@ class Loaded:
   model: DreamVLM
   params: Any
   step: int
+  context: sharding.Context   # the mesh and rules the params are sharded by
 
 
 def _tuples(value):
@@ -77,19 +78,20 @@ def build_model(config) -> DreamVLM:
   return DreamVLM(ModelConfig.from_config(config))
 
 
-def inference_mesh(config) -> jax.sharding.Mesh:
+def inference_context(config) -> sharding.Context:
   """The run's mesh (config.mesh) over this job's devices when it fits them; otherwise
-  every device on the fsdp axis (a run trained on 64 chips, evaluated on one)."""
+  every device on the fsdp axis (a run trained on 64 chips, evaluated on one). The run's
+  logical rules either way."""
   try:
-    return sharding.make_mesh(config)
+    return sharding.Context.from_config(config)
   except ValueError:
     fallback = cfg_lib.ConfigDict(config.to_dict())
     fallback.mesh.update(data=1, fsdp=-1, expert=1, tensor=1)
-    return sharding.make_mesh(fallback)
+    return sharding.Context.from_config(fallback)
 
 
-def abstract_params(model: DreamVLM, config, mesh: jax.sharding.Mesh):
-  """ShapeDtypeStructs of the params, sharded over `mesh` by the config's logical rules
+def abstract_params(model: DreamVLM, config, ctx: sharding.Context):
+  """ShapeDtypeStructs of the params, sharded over the context's mesh by its logical rules
   (as in training); allocates nothing.
 
   Parameter shapes do not depend on the sequence length (rotary positions, no table),
@@ -98,8 +100,8 @@ def abstract_params(model: DreamVLM, config, mesh: jax.sharding.Mesh):
   cfg = dataclasses.replace(layout.LayoutConfig.from_config(config), seq_len=1)
   spec = layout.batch_spec(cfg, 1)
   batch = {k: jax.ShapeDtypeStruct(shape, dtype) for k, (shape, dtype) in spec.items()}
-  structs, _ = sharding.abstract_sharded(lambda rng, b: model.init(rng, b)['params'], mesh,
-                                         sharding.rules(config), jax.random.key(0), batch)
+  structs, _ = ctx.abstract_sharded(lambda rng, b: model.init(rng, b)['params'],
+                                    jax.random.key(0), batch)
   return structs
 
 
@@ -118,6 +120,7 @@ def load(workdir: str, step: int | None = None, ema: bool = False) -> Loaded:
     raise FileNotFoundError(f'checkpoint {chosen} of {workdir!r} has no {item!r}{hint}')
   model = build_model(config)
   # step None: the newest step that restores (a damaged one is skipped with a warning).
-  abstract = abstract_params(model, config, inference_mesh(config))
+  ctx = inference_context(config)
+  abstract = abstract_params(model, config, ctx)
   params, restored = checkpoints.restore_params(workdir, abstract, step=step, ema=ema)
-  return Loaded(config, model, params, int(restored))
+  return Loaded(config, model, params, int(restored), ctx)

@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dvlm_jax import sharding
 from dvlm_jax.data import layout
 from dvlm_jax.data import tokenizer as tok
 from dvlm_jax.inference import sequence
@@ -136,12 +137,12 @@ def _decode(params, batch, rng, max_new, temperature, top_k, top_p, *, model: Dr
   return ids, n, tokens, all_logits
 
 
-def row_bucket(n: int) -> int:
-  """Rows a batch of n documents is padded to (1, 2, 4, 8, then multiples of 8): callers
-  with varying batch sizes (a last, smaller batch) reuse a few compiled programs."""
-  if n <= 8:
-    return 1 << max(0, (n - 1).bit_length())
-  return sequence.bucket(n, 8)
+def row_bucket(n: int, ctx: sharding.Context) -> int:
+  """Rows a batch of n documents is padded to (1, 2, 4, 8, then multiples of 8, at least a
+  multiple of the context's row shards): callers with varying batch sizes (a last, smaller
+  batch) reuse a few compiled programs, and the rows split evenly over the devices."""
+  bucket = 1 << max(0, (n - 1).bit_length()) if n <= 8 else sequence.bucket(n, 8)
+  return ctx.rows_for(bucket)
 
 
 def pad_rows(items: Sequence, n: int) -> list:
@@ -163,10 +164,12 @@ class Decoded:
 class TextDecoder:
   """Batched KV-cache decoding for one model (rows padded to `row_bucket`)."""
 
-  def __init__(self, model: DreamVLM, cfg: layout.LayoutConfig, tokenizer):
+  def __init__(self, model: DreamVLM, cfg: layout.LayoutConfig, tokenizer,
+               ctx: sharding.Context):
     self.model = model
     self.cfg = cfg
     self.tokenizer = tokenizer
+    self.ctx = ctx
 
   def rows(self, documents: Sequence[Sequence[str | sequence.ImageItem]],
            max_new_tokens: int) -> tuple[dict[str, np.ndarray], int]:
@@ -187,21 +190,22 @@ class TextDecoder:
     if max_new_tokens < 1:
       raise ValueError(f'max_new_tokens must be >= 1, got {max_new_tokens}')
     b = len(documents)
-    batch, prompt_end = self.rows(pad_rows(documents, row_bucket(b)), max_new_tokens)
-    ids, n, tokens, logits = _decode(
-        params, batch, jax.random.key(sampling.seed), jnp.int32(max_new_tokens),
-        jnp.float32(sampling.temperature), jnp.int32(sampling.top_k),
-        jnp.float32(sampling.top_p), model=self.model,
-        tokenizer_size=self.tokenizer.vocab_size, prompt_end=prompt_end,
-        keep_logits=keep_logits)
+    batch, prompt_end = self.rows(pad_rows(documents, row_bucket(b, self.ctx)), max_new_tokens)
+    with self.ctx.scope():
+      out = _decode(
+          params, self.ctx.put_rows(batch), jax.random.key(sampling.seed),
+          np.int32(max_new_tokens), np.float32(sampling.temperature), np.int32(sampling.top_k),
+          np.float32(sampling.top_p), model=self.model,
+          tokenizer_size=self.tokenizer.vocab_size, prompt_end=prompt_end,
+          keep_logits=keep_logits)
+    ids, n, tokens, logits = self.ctx.to_host(out)
     n = int(n)
-    ids = np.asarray(ids)[:b, :n]
+    ids = ids[:b, :n]
     texts, kept = [], []
     for row in ids:
       stops = np.flatnonzero(np.isin(row, STOP_IDS))
       row = row[:stops[0] + 1] if stops.size else row
       kept.append(row)
       texts.append(self.tokenizer.decode(row[~np.isin(row, STOP_IDS)]))
-    batch = {k: v[:b] for k, v in dict(batch, tokens=np.asarray(tokens)).items()}
-    return Decoded(texts, kept, batch, prompt_end,
-                   np.asarray(logits)[:b, :n] if keep_logits else None)
+    batch = {k: v[:b] for k, v in dict(batch, tokens=tokens).items()}
+    return Decoded(texts, kept, batch, prompt_end, logits[:b, :n] if keep_logits else None)

@@ -35,25 +35,27 @@ def _boxed_init(model, optimizer, ema: bool):
   return init
 
 
-def abstract_state(model, optimizer, example_batch, rng, mesh, axis_rules, *, ema: bool = False):
+def abstract_state(model, optimizer, example_batch, rng, ctx: sharding.Context, *,
+                   ema: bool = False):
   """(ShapeDtypeStructs carrying their shardings, shardings) of the state; allocates nothing.
 
   The abstract init gives the logical names of every leaf, the rules map them to the mesh.
   `example_batch` may be arrays or jax.ShapeDtypeStructs.
   """
   batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), example_batch)
-  return sharding.abstract_sharded(_boxed_init(model, optimizer, ema), mesh, axis_rules, rng, batch)
+  return ctx.abstract_sharded(_boxed_init(model, optimizer, ema), rng, batch)
 
 
-def init_state(model, optimizer, example_batch, rng, mesh, axis_rules, *, ema: bool = False):
+def init_state(model, optimizer, example_batch, rng, ctx: sharding.Context, *,
+               ema: bool = False):
   """Initialises the train state directly into its shardings: no host ever holds it all.
 
   Returns (state, state_shardings).
   """
-  _, shardings = abstract_state(model, optimizer, example_batch, rng, mesh, axis_rules, ema=ema)
+  _, shardings = abstract_state(model, optimizer, example_batch, rng, ctx, ema=ema)
   init = _boxed_init(model, optimizer, ema)
   batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), example_batch)
-  with jax.set_mesh(mesh), nn.logical_axis_rules(axis_rules):
+  with ctx.scope():
     state = jax.jit(lambda r: nn.unbox(init(r, batch)), out_shardings=shardings)(rng)
   return state, shardings
 
@@ -121,35 +123,29 @@ class JittedStep:
   `step.lower(state, batch, rng).compile()` compiles from arrays or jax.ShapeDtypeStructs
   without running (dvlm_jax/compile.py: memory and FLOPs ahead of time)."""
 
-  def __init__(self, train_step, state_shardings, mesh, axis_rules):
-    data = sharding.batch_sharding(mesh, axis_rules)
-    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    self.jitted = jax.jit(train_step, in_shardings=(state_shardings, data, replicated),
-                          out_shardings=(state_shardings, replicated), donate_argnums=(0,))
-    self.mesh, self.axis_rules = mesh, axis_rules
+  def __init__(self, train_step, state_shardings, ctx: sharding.Context):
+    self.jitted = jax.jit(train_step,
+                          in_shardings=(state_shardings, ctx.batch_sharding, ctx.replicated),
+                          out_shardings=(state_shardings, ctx.replicated), donate_argnums=(0,))
+    self.ctx = ctx
 
   def __call__(self, state, batch, rng):
-    with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.axis_rules):
+    with self.ctx.scope():
       return self.jitted(state, batch, rng)
 
   def lower(self, state, batch, rng):
-    with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.axis_rules):
+    with self.ctx.scope():
       return self.jitted.lower(state, batch, rng)
 
 
-def jit_train_step(train_step, state_shardings, mesh, axis_rules) -> JittedStep:
-  """Jits the step with explicit shardings; the old state is donated."""
-  return JittedStep(train_step, state_shardings, mesh, axis_rules)
-
-
-def configured_train_step(config, model, optimizer, state_shardings, mesh,
-                          axis_rules) -> JittedStep:
+def configured_train_step(config, model, optimizer, state_shardings,
+                          ctx: sharding.Context) -> JittedStep:
   """The train step as `config` defines it (loss, schedule, accumulation, EMA, fault
   injection), jitted: what the train command runs and the compile command compiles."""
-  return jit_train_step(
+  return JittedStep(
       make_train_step(model, optimizer, losses.LossConfig.from_config(config),
                       optim_lib.learning_rate_schedule(config),
                       accum_steps=config.train.grad_accum_steps,
                       ema_decay=config.optim.ema_decay,
                       nan_at_steps=tuple(config.debug.nan_at_steps)),
-      state_shardings, mesh, axis_rules)
+      state_shardings, ctx)

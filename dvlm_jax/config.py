@@ -349,8 +349,36 @@ def _check(ok: bool, key: str, message: str) -> None:
     raise ConfigError(f"config key '{key}': {message}")
 
 
+def parse_mixture(value: Any) -> tuple[tuple[str, float], ...]:
+  """data.mixture -> ((name, weight), ...).
+
+  Accepts pairs (('shapes', 1.0), ('twemoji', 2.0)), bare names ('shapes',
+  'twemoji') with weight 1, 'name:weight' strings, or one string
+  'shapes:1,twemoji:2' (the command-line friendly forms).
+  """
+  if isinstance(value, str):
+    value = [v for v in value.split(',') if v.strip()]
+  out = []
+  for entry in value or ():
+    if isinstance(entry, str):
+      name, _, weight = entry.strip().partition(':')
+      entry = (name, float(weight) if weight else 1.0)
+    if not (isinstance(entry, (tuple, list)) and len(entry) == 2 and isinstance(entry[0], str)):
+      raise ConfigError(f"data.mixture: entries are (name, weight) or 'name:weight', got {entry!r}")
+    name, weight = entry[0].strip(), float(entry[1])
+    if not name or not weight > 0:
+      raise ConfigError(f'data.mixture: {entry!r} needs a name and a weight > 0')
+    out.append((name, weight))
+  if not out:
+    raise ConfigError('data.mixture is empty: name at least one built data set')
+  if len({n for n, _ in out}) != len(out):
+    raise ConfigError(f'data.mixture names a data set twice: {value!r}')
+  return tuple(out)
+
+
 def _validate_data(data: ConfigDict) -> None:
   _check(data.source in ('builtin', 'tfds'), 'data.source', f"builtin | tfds, got {data.source!r}")
+  parse_mixture(data.mixture)
   for key in ('builtin_text', 'generation_share'):
     _check(0.0 <= data[key] <= 1.0, f'data.{key}', f'must lie in [0, 1], got {data[key]}')
   _check(1 <= data.builtin_max_shapes <= 9, 'data.builtin_max_shapes',
@@ -461,7 +489,7 @@ def _validate_capacities(c: ConfigDict) -> None:
            'max_image_tokens': (2 if c.image.dual_copy else 1) * patches,
            'max_text_targets': 1, 'max_image_targets': patches}
   for key, minimum in least.items():
-    value = c.data.get(key, 0)
+    value = c.data[key]
     _check(isinstance(value, int) and (value == 0 or value >= minimum), f'data.{key}',
            f'must be 0 (the layout bound) or >= {minimum} (one image document), got {value!r}')
 

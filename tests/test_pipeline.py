@@ -426,16 +426,19 @@ def test_builtin_source_is_checkpointable_and_sliced():
 
 
 def test_mixture_settings():
-  assert pipeline.parse_mixture((('a', 1.0), ('b', 2))) == (('a', 1.0), ('b', 2.0))
-  assert pipeline.parse_mixture(('a:3', 'b')) == (('a', 3.0), ('b', 1.0))
-  assert pipeline.parse_mixture('a:1,b:0.5') == (('a', 1.0), ('b', 0.5))
+  assert cfg_lib.parse_mixture((('a', 1.0), ('b', 2))) == (('a', 1.0), ('b', 2.0))
+  assert cfg_lib.parse_mixture(('a:3', 'b')) == (('a', 3.0), ('b', 1.0))
+  assert cfg_lib.parse_mixture('a:1,b:0.5') == (('a', 1.0), ('b', 0.5))
   for bad in ((), (('a', 0.0),), (('a', 1.0), ('a', 2.0)), ((1, 2),)):
-    with pytest.raises(pipeline.DataError):
-      pipeline.parse_mixture(bad)
-  # The command-line form of the config key.
+    with pytest.raises(cfg_lib.ConfigError, match='data.mixture'):
+      cfg_lib.parse_mixture(bad)
+  # The command-line form of the config key; a bad one fails with the config's check.
   config = make_config()
   cfg_lib.set_key(config, 'data.mixture', "'a:2','b:1'")
-  assert pipeline.parse_mixture(config.data.mixture) == (('a', 2.0), ('b', 1.0))
+  assert cfg_lib.parse_mixture(config.data.mixture) == (('a', 2.0), ('b', 1.0))
+  cfg_lib.set_key(config, 'data.mixture', "'a:0'")
+  with pytest.raises(cfg_lib.ConfigError, match='data.mixture'):
+    cfg_lib.validate(config)
   with pytest.raises(pipeline.DataError, match='only'):
     pipeline.batches_for(make_config(mixture=(('c', 1.0),)), process_index=0, process_count=1,
                            sources=sources())

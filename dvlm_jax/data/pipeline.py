@@ -40,6 +40,7 @@ from typing import Any, Mapping, Sequence
 import grain
 import numpy as np
 
+from dvlm_jax import config as cfg_lib
 from dvlm_jax.data import builtin
 from dvlm_jax.data import decode
 from dvlm_jax.data import layout as layout_lib
@@ -59,33 +60,6 @@ class DataError(ValueError):
 
 
 # --------------------------------------------------------------------------- settings
-
-def parse_mixture(value: Any) -> tuple[tuple[str, float], ...]:
-  """data.mixture -> ((name, weight), ...).
-
-  Accepts pairs (('shapes', 1.0), ('twemoji', 2.0)), bare names ('shapes',
-  'twemoji') with weight 1, 'name:weight' strings, or one string
-  'shapes:1,twemoji:2' (the command-line friendly forms).
-  """
-  if isinstance(value, str):
-    value = [v for v in value.split(',') if v.strip()]
-  out = []
-  for entry in value or ():
-    if isinstance(entry, str):
-      name, _, weight = entry.strip().partition(':')
-      entry = (name, float(weight) if weight else 1.0)
-    if not (isinstance(entry, (tuple, list)) and len(entry) == 2 and isinstance(entry[0], str)):
-      raise DataError(f"data.mixture: entries are (name, weight) or 'name:weight', got {entry!r}")
-    name, weight = entry[0].strip(), float(entry[1])
-    if not name or not weight > 0:
-      raise DataError(f'data.mixture: {entry!r} needs a name and a weight > 0')
-    out.append((name, weight))
-  if not out:
-    raise DataError('data.mixture is empty: name at least one built data set')
-  if len({n for n, _ in out}) != len(out):
-    raise DataError(f'data.mixture names a data set twice: {value!r}')
-  return tuple(out)
-
 
 def process_layout(process_index: int | None, process_count: int | None) -> tuple[int, int]:
   """(index, count) of this process; defaults from jax (imported only when needed)."""
@@ -225,7 +199,7 @@ def mixture_of(config) -> tuple[tuple[str, float], ...]:
   for 'builtin'."""
   if str(config.data.source) == 'builtin':
     return ((BUILTIN, 1.0),)
-  return parse_mixture(config.data.mixture)
+  return cfg_lib.parse_mixture(config.data.mixture)
 
 
 def prepared_dataset(config, sources: Mapping[str, Sequence], process_index: int,

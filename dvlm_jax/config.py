@@ -96,6 +96,9 @@ def defaults() -> ConfigDict:
   i.mask_ratio_min = 0.25
   i.mask_ratio_max = 0.75
   i.share_unmasked = 0.1        # share of images fully visible (0 % masked)
+  i.prompted_fully_masked = 0.0 # images that follow text (a prompt: generation's layout)
+                                # masked as generation sees them with this probability, before
+                                # the shares below (which draw the rest and every other image)
   i.share_fully_masked = 0.1    # share of images masked as generation sees them (100 %;
                                 # single copy: the scales from a random k on)
   i.caption_dropout = 0.1       # drop the text of an image document (for CFG)
@@ -435,6 +438,8 @@ def validate(c: ConfigDict) -> None:
          f'masked | next_patch, got {i.targets!r}')
   _check(0.0 <= i.mask_ratio_min <= i.mask_ratio_max <= 1.0, 'image.mask_ratio_min',
          f'need 0 <= mask_ratio_min <= mask_ratio_max <= 1, got {i.mask_ratio_min}, {i.mask_ratio_max}')
+  _check(0.0 <= i.prompted_fully_masked <= 1.0, 'image.prompted_fully_masked',
+         f'must lie in [0, 1], got {i.prompted_fully_masked}')
   _check(i.share_unmasked >= 0 and i.share_fully_masked >= 0
          and i.share_unmasked + i.share_fully_masked <= 1.0, 'image.share_fully_masked',
          'share_unmasked + share_fully_masked must lie in [0, 1]')

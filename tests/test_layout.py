@@ -356,6 +356,25 @@ def test_share_unmasked_and_fully_masked():
   assert b['image_weights'].sum() == 2 * (1 + 4 + 16)
 
 
+def test_prompted_images_are_masked_as_generation_sees_them():
+  """An image after text (caption-first: generation's layout) is fully masked with
+  probability prompted_fully_masked; an image read first (understanding) keeps the shares."""
+  cfg = make_cfg(share_unmasked=1.0, share_fully_masked=0.0, prompted_fully_masked=1.0)
+  b = image_doc_batch(cfg)                                      # ['a cat', image]
+  assert np.array_equal(b['is_masked'], b['copy'] == 1)
+  rng = np.random.default_rng(0)
+  image = rng.integers(0, 256, (13, 9, 3), dtype=np.uint8)
+  batch, _ = layout.make_batch([[image, 'a cat']], cfg, TOK, rng, 1)   # image first
+  assert not batch['is_masked'].any()
+  # Off (0, the default): a prompted image is drawn as any other, from the same random
+  # stream, so configs without the share keep their masks.
+  base = make_cfg(share_unmasked=0.2, share_fully_masked=0.3, prompted_fully_masked=0.0)
+  for seed in range(20):
+    a = layout.draw_masks(base, np.random.default_rng(seed), prompted=True)
+    b = layout.draw_masks(base, np.random.default_rng(seed), prompted=False)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+
+
 def test_single_copy_generation_share_masks_the_scales_from_a_random_one_on():
   """One copy: generating scale k sees scales < k whole (the samples replaced the mask
   tokens) and k.. masked, so that is what the generation share of training draws."""

@@ -90,6 +90,7 @@ class LayoutConfig:
   mask_ratio_max: float
   share_unmasked: float
   share_fully_masked: float
+  prompted_fully_masked: float     # images after text: fully masked first with this probability
   caption_dropout: float
   imgen_residual: bool             # diffusion.target == 'residual' (`upsampled_base`)
   # Per-row bounds of each stage's stream (`Capacities`, `CAPACITY_KEYS`); 0 = the bound
@@ -113,6 +114,7 @@ class LayoutConfig:
         image_targets=str(i.targets), mask_ratio_min=float(i.mask_ratio_min),
         mask_ratio_max=float(i.mask_ratio_max), share_unmasked=float(i.share_unmasked),
         share_fully_masked=float(i.share_fully_masked),
+        prompted_fully_masked=float(i.prompted_fully_masked),
         caption_dropout=float(i.caption_dropout),
         imgen_residual=config.diffusion.target == 'residual',
         **{key.split('.')[1]: int(config.data[key.split('.')[1]]) for key in CAPACITY_KEYS})
@@ -267,25 +269,33 @@ def upsample(patches: np.ndarray, patch_size: int, side: int) -> np.ndarray:
   return patchify(pixels[index][:, index], patch_size).astype(np.asarray(patches).dtype)
 
 
-def draw_masks(cfg: LayoutConfig, rng: np.random.Generator) -> list[np.ndarray]:
+def draw_masks(cfg: LayoutConfig, rng: np.random.Generator,
+               prompted: bool = False) -> list[np.ndarray]:
   """Per scale a bool [s*s] mask of M_k (True = replaced by the mask token).
 
   A share of images is fully visible and a share masked as generation sees them, so
   that both extremes (understanding a clean image, generating from nothing) are in
-  distribution; the rest masks a Uniform(min, max) ratio per scale. Generation with two
-  copies samples M_k with U_1..U_{k-1} visible: every M_k fully masked. With one copy
-  the sample replaces the mask tokens, so generating scale k sees scales 1..k-1 whole
-  and k..K masked: such an image masks the scales from a uniformly drawn k on.
+  distribution; the rest masks a Uniform(min, max) ratio per scale. An image that
+  follows text (`prompted`: generation's layout, caption then image) is first masked as
+  generation sees it with probability `prompted_fully_masked`: generation learns from
+  these documents while images read as they are (understanding) keep their own shares.
+  Generation with two copies samples M_k with U_1..U_{k-1} visible: every M_k fully
+  masked. With one copy the sample replaces the mask tokens, so generating scale k sees
+  scales 1..k-1 whole and k..K masked: such an image masks the scales from a uniformly
+  drawn k on.
   """
   sizes = [s * s for s in cfg.scales]
   if cfg.image_targets == 'next_patch':
     return [np.zeros(n, bool) for n in sizes]
+  # Drawn only when the share is set, so that configs without it keep their random stream.
+  as_generated = prompted and cfg.prompted_fully_masked > 0 and (
+      rng.random() < cfg.prompted_fully_masked)
   u = rng.random()
-  if u < cfg.share_unmasked:
-    return [np.zeros(n, bool) for n in sizes]
-  if u < cfg.share_unmasked + cfg.share_fully_masked:
+  if as_generated or cfg.share_unmasked <= u < cfg.share_unmasked + cfg.share_fully_masked:
     first = 0 if cfg.dual_copy else int(rng.integers(len(sizes)))
     return [np.full(n, k >= first) for k, n in enumerate(sizes)]
+  if u < cfg.share_unmasked:
+    return [np.zeros(n, bool) for n in sizes]
   masks = []
   for n in sizes:
     ratio = rng.uniform(cfg.mask_ratio_min, cfg.mask_ratio_max)
@@ -438,11 +448,13 @@ def encode_document(doc: Document, cfg: LayoutConfig, tokenizer: tok.ByteTokeniz
     items = [x for x in items if not isinstance(x, str)]
   b = _DocBuilder(cfg)
   b.text([tok.BOS])
+  prompted = False   # some text came before: an image here is drawn from it (generation)
   for item in items:
     if isinstance(item, str):
       b.text(tokenizer.encode(item))
+      prompted = prompted or bool(item)
     else:
-      b.image(resize_to_scales(item, cfg), draw_masks(cfg, rng))
+      b.image(resize_to_scales(item, cfg), draw_masks(cfg, rng, prompted))
   b.text([tok.EOS])
   return b.finish()
 

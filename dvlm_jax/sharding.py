@@ -25,6 +25,11 @@ from dvlm_jax.config import ConfigError
 MESH_AXES = ('data', 'fsdp', 'expert', 'tensor')
 
 
+def mesh_axes(value) -> tuple[str, ...]:
+  """A rule's (or a spec entry's) mesh axes as a tuple: None -> (), 'fsdp' -> ('fsdp',)."""
+  return () if value is None else (value,) if isinstance(value, str) else tuple(value)
+
+
 def mesh_shape(config, num_devices: int) -> tuple[int, ...]:
   sizes = [int(config.mesh[a]) for a in MESH_AXES]
   free = [i for i, s in enumerate(sizes) if s == -1]
@@ -67,7 +72,7 @@ def check(config, num_devices: int, num_processes: int = 1) -> None:
     if name not in dims or not dims[name][1]:
       continue
     key, size = dims[name]
-    axes = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+    axes = mesh_axes(axes)
     split = math.prod(sizes[a] for a in axes)
     if size % split:
       over = ' x '.join(f'mesh.{a}={sizes[a]}' for a in axes)
@@ -88,7 +93,7 @@ def rules(config) -> tuple[tuple[str, Any], ...]:
   for name, axes in config.sharding.rules:
     axes = tuple(axes) if isinstance(axes, list) else axes
     if name == 'batch' and config.mesh.expert != 1:
-      axes = (axes,) if isinstance(axes, str) else tuple(axes or ())
+      axes = mesh_axes(axes)
       axes = axes if 'expert' in axes else axes + ('expert',)
     out.append((name, axes))
   return tuple(out)
@@ -139,9 +144,8 @@ class Context:
   @property
   def row_shards(self) -> int:
     """Into how many parts the rows of a batch are split."""
-    axes = self.batch_sharding.spec[0] if self.batch_sharding.spec else None
-    axes = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
-    return math.prod(self.mesh.shape[a] for a in axes)
+    spec = self.batch_sharding.spec
+    return math.prod(self.mesh.shape[a] for a in mesh_axes(spec[0] if spec else None))
 
   def rows_for(self, n: int) -> int:
     """The least multiple of `row_shards` that holds n rows."""

@@ -5,9 +5,10 @@ seed, docs/training.md): the shapes world alone; scales 3 and 6 of 5-px patches,
 coarsest scale is the world's 3 x 3 grid and an image takes 94 tokens instead of 173;
 rotary pairs on y and x only and the cell-position features (`model.rope_axes`,
 `model.image_pos_embed`); each scale's loss weighing the same (`loss.scale_weighting`);
-masked copies that look like generation (60 % of images fully masked, the rest 50-100 %
-of each scale); four noise draws per target for the diffusion head; a BPE tokenizer of
-the world's words (`assets/shapes_bpe.model`: a caption is ~21 tokens instead of ~85
+70 % of captioned pictures drawn from their caption, every such picture fully masked as
+generation sees it (`data.generation_share`, `image.prompted_fully_masked`), pictures read
+first 30 % whole, 30 % fully and 40 % partly (50-100 % of each scale) masked; four noise
+draws per target for the diffusion head; a BPE tokenizer of the world's words (`assets/shapes_bpe.model`: a caption is ~21 tokens instead of ~85
 bytes, every word one token), so one document fills a row of 136 tokens and a step of
 16 rows sees twice the documents; the fine scale drawn as its difference from the coarse
 one upsampled (`diffusion.target='residual'`); the diffusion head predicting the clean
@@ -45,7 +46,14 @@ def get_config(arg=None):
   c.diffusion.time_shift = 3.0   # with the x0 loss: the head learns to draw the prompt's colour
   c.image.patch_size = 5
   c.image.scales = (3, 6)
-  c.image.share_fully_masked = 0.6  # generation's from-nothing case: drawing needs it most
+  # Generation learns from caption-first documents drawn from nothing: every image after
+  # its caption is masked as generation sees it, and 70 % of captioned pictures are laid
+  # out that way; pictures read first keep 30 % whole (captions read them whole), 30 %
+  # fully and 40 % partly masked (masked modelling).
+  c.image.prompted_fully_masked = 1.0
+  c.data.generation_share = 0.7
+  c.image.share_unmasked = 0.3
+  c.image.share_fully_masked = 0.3
   c.image.mask_ratio_min = 0.5
   c.image.mask_ratio_max = 1.0
   c.model.rope_axes = 'yx'

@@ -22,7 +22,7 @@ OVERRIDES = [
     # generation only, on four fixed one-shape scenes
     'data.source=builtin', 'data.builtin_scenes=4', 'data.builtin_max_shapes=1',
     'data.builtin_text=0', 'data.generation_share=1', 'image.share_fully_masked=1',
-    'image.share_unmasked=0',
+    'image.share_unmasked=0', 'image.prompted_fully_masked=0',   # every image fully masked
     'optim.lr=3e-3', 'optim.warmup_steps=20', f'train.steps={STEPS}',
     f'train.log_every={STEPS}', f'checkpoint.every={STEPS}', 'eval.at_end=False',
 ]

@@ -208,7 +208,8 @@ def test_variant_builds_with_finite_loss_and_grads(variant):
                          loss__scale_weighting='scale', diffusion__noise_samples=4,
                          image__mask_ratio_min=0.5, image__mask_ratio_max=1.0,
                          diffusion__target='residual', diffusion__objective='flow_x0_mse',
-                         diffusion__time_shift=3.0, model__embed_init_std=1.0)
+                         diffusion__time_shift=3.0, model__embed_init_std=1.0,
+                         image__prompted_fully_masked=1.0, data__generation_share=0.7)
   else:
     config = tiny_config(variant)
   batch = image_batch(config)

@@ -65,7 +65,7 @@ def test_inference_rows_are_the_training_layout(vlm, monkeypatch):
                         vlm.tokenizer, text_slots=2)
   train_cfg = dataclasses.replace(cfg, caption_dropout=0.0)
   # Training's own encoding of the finished document, with the same masks.
-  monkeypatch.setattr(layout, 'draw_masks', lambda c, rng: masks)
+  monkeypatch.setattr(layout, 'draw_masks', lambda c, rng, prompted=False: masks)
   full = layout.encode_document(['hi ', image, 'ok!'], train_cfg, vlm.tokenizer,
                                 np.random.default_rng(0))
   n = len(doc['tokens'])

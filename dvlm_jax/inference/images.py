@@ -356,10 +356,6 @@ class ImageGenerator:
     self.objective = DiffusionObjective.from_config(config)
     self.norm_pix = bool(config.model.imun_norm_pix)
 
-  def _put(self, rows: dict[str, np.ndarray]) -> dict:
-    """Host rows -> global arrays split over the context's row shards."""
-    return self.ctx.put_rows(rows)
-
   # -- checks
   def _check_can_generate(self, opts: GenerationOptions):
     if not self.model.cfg.diffusion_head:
@@ -395,7 +391,7 @@ class ImageGenerator:
       return []
     if len(canvases) != b or (unconditional is not None and len(unconditional) != b):
       raise ValueError('one canvas (and unconditional document) per document')
-    padded = text_lib.row_bucket(b, self.ctx)   # padding rows repeat the last image, results dropped
+    padded = text_lib.row_bucket(b, self.ctx)   # padding rows repeat the last image (dropped)
     documents, canvases = text_lib.pad_rows(documents, padded), text_lib.pad_rows(canvases, padded)
     num_scales = len(self.cfg.scales)
     guided = unconditional is not None and opts.guided(num_scales)
@@ -445,7 +441,8 @@ class ImageGenerator:
       if reference:   # a full forward pass per patch, no cache
         x = np.zeros(given.shape, np.float32)
         for j in range(size):
-          cond, _ = _full(params, self._put(batch), np.asarray([first + j - 1], np.int32), model=self.model)
+          cond, _ = _full(params, self.ctx.put_rows(batch),
+                          np.asarray([first + j - 1], np.int32), model=self.model)
           xj, _ = _draw(params, cond, None, given[:, j:j + 1], where[:, j:j + 1],
                         base[:, j:j + 1], jax.random.fold_in(scale_key, j),
                         guidance, jnp.float32(opts.temperature), model=self.model,
@@ -478,20 +475,23 @@ class ImageGenerator:
       own = slots.masked[k] + np.arange(size, dtype=np.int32)
       fed = slots.fed(k) + np.arange(size, dtype=np.int32)
       if reference:
-        cond, pred = _full(params, self._put(batch), pred_at + np.arange(size, dtype=np.int32),
+        cond, pred = _full(params, self.ctx.put_rows(batch),
+                           pred_at + np.arange(size, dtype=np.int32),
                            model=self.model)
-        before = _core_at(params, self._put(batch), own, model=self.model)
+        before = _core_at(params, self.ctx.put_rows(batch), own, model=self.model)
       else:
         start, n = passes[k]
-        cond, pred, before, cache = _chunk(params, cache, self._put(batch), model=self.model, start=start,
+        cond, pred, before, cache = _chunk(params, cache, self.ctx.put_rows(batch),
+                                           model=self.model, start=start,
                                            n=n, pred_at=pred_at, size=size)
       where = np.stack([c.sample[k] for c in canvases])
 
       def activation(x, k=k, fed=fed, before=before, cache=cache):
         """The activation surprise of sample x: its U_k fed over the cache (only looked at)."""
         rows = self._fed(batch, fed, x, copies)
-        after = (_core_at(params, self._put(rows), fed, model=self.model) if reference else
-                 _probe(params, cache, self._put(rows), model=self.model, start=int(fed[0]), n=len(fed)))
+        after = (_core_at(params, self.ctx.put_rows(rows), fed, model=self.model) if reference else
+                 _probe(params, cache, self.ctx.put_rows(rows), model=self.model,
+                        start=int(fed[0]), n=len(fed)))
         return self.ctx.to_host(activation_surprise(before[:padded], after[:padded], where))
 
       measure = activation if opts.self_correct and opts.surprise == 'activation' else None
@@ -505,7 +505,8 @@ class ImageGenerator:
       tries.append(t)
     if not reference:   # pass K: U_K <IMG_END>, the cache then holds the whole image
       start, n = passes[-1]
-      _chunk(params, cache, self._put(batch), model=self.model, start=start, n=n, pred_at=0, size=0)
+      _chunk(params, cache, self.ctx.put_rows(batch), model=self.model, start=start, n=n,
+             pred_at=0, size=0)
     return scales, surprises, tries
 
   def _fed(self, batch, fed, x, copies) -> dict[str, np.ndarray]:
@@ -585,11 +586,13 @@ class ImageGenerator:
       truth = np.stack([it.patches[k] for it in items])
       where = np.ones((padded, size), bool)
       if surprise == 'activation':
-        before = _core_at(params, self._put(batch), own, model=self.model)
-        after = _core_at(params, self._put(self._fed(batch, fed, truth, 1)), fed, model=self.model)
+        before = _core_at(params, self.ctx.put_rows(batch), own, model=self.model)
+        after = _core_at(params, self.ctx.put_rows(self._fed(batch, fed, truth, 1)), fed,
+                         model=self.model)
         values = activation_surprise(before, after, where)
       else:
-        _, pred = _full(params, self._put(batch), slots.predicting(k) + np.arange(size, dtype=np.int32),
+        _, pred = _full(params, self.ctx.put_rows(batch),
+                        slots.predicting(k) + np.arange(size, dtype=np.int32),
                         model=self.model)
         values = pixel_surprise(pred, truth, where, self.norm_pix)
       thresholds.append(float(np.percentile(self.ctx.to_host(values)[:len(images)], percentile)))
@@ -611,7 +614,8 @@ class ImageGenerator:
     out = np.full((b, len(slots.sizes)), np.nan, np.float32)
     own = np.concatenate([slots.masked[k] + np.arange(n) for k, n in enumerate(slots.sizes)])
     fed = np.concatenate([slots.fed(k) + np.arange(n) for k, n in enumerate(slots.sizes)])
-    core = _core_at(params, self._put(batch), np.concatenate([own, fed]).astype(np.int32), model=self.model)
+    core = _core_at(params, self.ctx.put_rows(batch), np.concatenate([own, fed]).astype(np.int32),
+                    model=self.model)
     before, after = np.split(self.ctx.to_host(core), 2, axis=1)
     masked = batch['is_masked'][:, own]
     start = 0
@@ -700,7 +704,7 @@ class ImageGenerator:
     firsts = np.cumsum((0,) + slots.sizes)
     positions = tuple(int(p) for k, size in enumerate(slots.sizes)
                       for p in slots.predicting(k) + np.arange(size))
-    pred_all = self.ctx.to_host(_patch_pred(params, self._put(batch), model=self.model,
+    pred_all = self.ctx.to_host(_patch_pred(params, self.ctx.put_rows(batch), model=self.model,
                                              positions=positions))
     results = []
     for r, it in enumerate(items):

@@ -120,6 +120,8 @@ def defaults() -> ConfigDict:
   c.data.shuffle = True         # seeded (data.seed) shuffle of every source, new order per epoch
   c.data.worker_count = 0       # decode/layout processes; 0 = in the training process
   c.data.generation_share = 0.5 # caption pairs laid out caption-first ('draw: ...', image)
+  c.data.prompt_text_weight = 1.0  # text loss weight of the text before an image (its prompt);
+                                   # 0 = prompts only condition, as in text-to-image training
   c.data.pack_lookahead = 8     # documents that may wait for the next batch while packing
   c.data.tokenizer = 'byte'     # byte | path of a SentencePiece .model (sentencepiece_tokenizer.py)
   c.data.max_bad_fraction = 0.01      # skipped records above this share stop the run
@@ -384,6 +386,8 @@ def _validate_data(data: ConfigDict) -> None:
   parse_mixture(data.mixture)
   for key in ('builtin_text', 'generation_share'):
     _check(0.0 <= data[key] <= 1.0, f'data.{key}', f'must lie in [0, 1], got {data[key]}')
+  _check(data.prompt_text_weight >= 0.0, 'data.prompt_text_weight',
+         f'must be >= 0 (0 = prompts carry no text loss), got {data.prompt_text_weight}')
   _check(1 <= data.builtin_max_shapes <= 9, 'data.builtin_max_shapes',
          f'must lie in 1..9 (cells of the grid), got {data.builtin_max_shapes}')
   _check(data.builtin_scenes >= 0, 'data.builtin_scenes',

@@ -375,6 +375,24 @@ def test_prompted_images_are_masked_as_generation_sees_them():
     assert all(np.array_equal(x, y) for x, y in zip(a, b))
 
 
+def test_prompt_text_weight_scales_the_loss_of_text_before_an_image():
+  """The text before a document's last image (its prompt) weighs prompt_text_weight in the
+  text loss; text after it (a caption read from the image) keeps weight 1."""
+  image = np.random.default_rng(0).integers(0, 256, (13, 9, 3), dtype=np.uint8)
+  doc = ['a cat', image, 'a dog', image, 'the end']
+  encode = lambda cfg: layout.encode_document(doc, cfg, TOK, np.random.default_rng(0))
+  full, half = encode(make_cfg()), encode(make_cfg(prompt_text_weight=0.5))
+  last_image = np.flatnonzero(full['tokens'] == tk.IMG)[-1]
+  before = np.arange(len(full['tokens'])) < last_image
+  assert full['text_weights'][before].sum() >= len('a cat') + len('a dog')  # bytes: one each
+  np.testing.assert_array_equal(half['text_weights'][before], 0.5 * full['text_weights'][before])
+  np.testing.assert_array_equal(half['text_weights'][~before], full['text_weights'][~before])
+  assert full['text_weights'][~before].sum() >= len('the end')
+  for key in full:                                  # nothing else changes
+    if key != 'text_weights':
+      np.testing.assert_array_equal(half[key], full[key])
+
+
 def test_single_copy_generation_share_masks_the_scales_from_a_random_one_on():
   """One copy: generating scale k sees scales < k whole (the samples replaced the mask
   tokens) and k.. masked, so that is what the generation share of training draws."""

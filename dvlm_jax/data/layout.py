@@ -92,6 +92,7 @@ class LayoutConfig:
   share_fully_masked: float
   prompted_fully_masked: float     # images after text: fully masked first with this probability
   caption_dropout: float
+  prompt_text_weight: float        # text loss weight of text before an image (its prompt)
   imgen_residual: bool             # diffusion.target == 'residual' (`upsampled_base`)
   # Per-row bounds of each stage's stream (`Capacities`, `CAPACITY_KEYS`); 0 = the bound
   # the layout itself implies.
@@ -116,6 +117,7 @@ class LayoutConfig:
         share_fully_masked=float(i.share_fully_masked),
         prompted_fully_masked=float(i.prompted_fully_masked),
         caption_dropout=float(i.caption_dropout),
+        prompt_text_weight=float(config.data.prompt_text_weight),
         imgen_residual=config.diffusion.target == 'residual',
         **{key.split('.')[1]: int(config.data[key.split('.')[1]]) for key in CAPACITY_KEYS})
 
@@ -328,6 +330,7 @@ class _DocBuilder:
     self.length = 0       # tokens so far (row index of the next token, document-local)
     self.t = 0            # 1-D rotary position of the next text token
     self.images = 0
+    self.prompt_end = 0
 
   def add(self, tokens, modality, positions, *, block=False, copy=0, scale=0,
           image_id=0, is_masked=None, patches=None, pixels=None, target=None, base=None):
@@ -364,6 +367,7 @@ class _DocBuilder:
 
   def image(self, scale_patches: list[np.ndarray], masks: list[np.ndarray]):
     cfg = self.cfg
+    self.prompt_end = self.length   # the text before here conditions an image
     self.text([tok.IMG])
     self.images += 1
     t0 = float(self.t)            # <IMG> sat at t0 - 1
@@ -398,6 +402,9 @@ class _DocBuilder:
            if not k.startswith('_')}
     doc['segment_ids'] = np.ones(self.length, np.int32)
     doc['text_targets'], doc['text_weights'] = text_targets(doc['tokens'], doc['modality'])
+    # A prompt's words are drawn independently of anything before them: predicting them
+    # teaches only their marginal. Its loss weighs `prompt_text_weight`.
+    doc['text_weights'][:self.prompt_end] *= self.cfg.prompt_text_weight
     doc['image_targets'], doc['image_weights'] = self._at_predicting('_pixels')
     if self.cfg.imgen_residual:
       doc['image_base'], _ = self._at_predicting('_base')

@@ -88,6 +88,45 @@ def test_score_matches_shapes_in_any_order_and_counts_misses():
   assert set(unparseable.rates('x').values()) == {0.0}
 
 
+class _Reader:
+  """A stand-in VLM for the naming probe: continues a question with `answer(question)`."""
+
+  def __init__(self, answer):
+    from dvlm_jax.data import tokenizer
+    self.tokenizer, self.answer = tokenizer.ByteTokenizer(), answer
+
+  def describe(self, images, questions, **_):
+    assert len(images) == len(questions) and all(questions)
+    return [self.answer(q) for q in questions]
+
+
+def test_naming_probe_reads_the_word_after_the_true_caption_prefix():
+  """Each shape is asked twice: its kind after 'a SIZE COLOUR', its position after its
+  kind. A reader that knows the scene scores 1; one that always says 'circle at the
+  top' names circles (and top-centre shapes) only; per-kind rates show which."""
+  labels = [_scene(('circle', 'red', 'large', 'top', 'center'),
+                   ('square', 'blue', 'small', 'bottom', 'right'), relation='above'),
+            _scene(('triangle', 'white', 'small', 'middle', 'left'))]
+  scenes = [(label, shapes.render(label, 30)) for label in labels]
+  captions = [shapes.caption(label) for label in labels]
+
+  def knows(question):
+    caption = next(c for c in captions if c.startswith(question))
+    return '  ' + caption[len(question):].upper()        # spacing and case do not matter
+  probe = shapes_eval.ShapesEval(tiny_config())
+  probe.chance = {}
+  assert set(probe._naming(_Reader(knows), scenes).values()) == {1.0}
+  says_top_circles = lambda q: ' at the top.' if q.endswith(shapes.KINDS) else ' circle'
+  rates = probe._naming(_Reader(says_top_circles), scenes)
+  assert rates == {'shapes/named/kind': 1 / 3, 'shapes/named/kind_circle': 1.0,
+                   'shapes/named/kind_square': 0.0, 'shapes/named/kind_triangle': 0.0,
+                   'shapes/named/position': 1 / 3}
+  assert probe.chance['shapes/named/kind_square'] == 1 / 3
+  assert shapes.read_position('at the bottom right and') == ('bottom', 'right')
+  assert shapes.read_position('at the bottom') == ('bottom', 'center')
+  assert shapes.read_position('nowhere') is None
+
+
 def test_score_of_pictures_checks_the_drawn_relation():
   label = _scene(('circle', 'red', 'large', 'top', 'left'),
                  ('square', 'blue', 'small', 'top', 'right'), relation='left of')
@@ -289,6 +328,8 @@ def test_every_evaluator_reports_its_metrics(run_dir):
       assert 0 <= metrics[f'shapes/{probe}/{name}'] <= 1
       assert 0 <= chance[f'shapes/{probe}/{name}'] <= 1
   assert 0 <= metrics['shapes/caption/unparseable'] <= 1
+  for name in ('kind', 'kind_circle', 'kind_square', 'kind_triangle', 'position'):
+    assert 0 <= metrics[f'shapes/named/{name}'] <= 1 and f'shapes/named/{name}' in chance
   for name in ('glyph', 'kind', 'colour', 'both', 'unparseable'):
     assert 0 <= metrics[f'shapes/glyphs/{name}'] <= 1
   assert chance['shapes/glyphs/glyph'] == 1 / 36

@@ -190,19 +190,28 @@ def scene_from_dict(data: dict) -> Scene:
 
 # Position phrases: plain English ("at the top", "in the center") rather than a
 # mechanical "middle center"; the table is a bijection so parsing stays exact.
-_POSITION_PHRASES = {
+POSITION_PHRASES = {
     ('top', 'left'): 'at the top left', ('top', 'center'): 'at the top',
     ('top', 'right'): 'at the top right', ('middle', 'left'): 'on the left',
     ('middle', 'center'): 'in the center', ('middle', 'right'): 'on the right',
     ('bottom', 'left'): 'at the bottom left', ('bottom', 'center'): 'at the bottom',
     ('bottom', 'right'): 'at the bottom right',
 }
-_POSITIONS_BY_PHRASE = {v: k for k, v in _POSITION_PHRASES.items()}
+_POSITIONS_BY_PHRASE = {v: k for k, v in POSITION_PHRASES.items()}
 
 
 def describe(shape: Shape) -> str:
   """'a large red circle at the top left'."""
-  return f'a {shape.size} {shape.colour} {shape.kind} {_POSITION_PHRASES[shape.row, shape.col]}'
+  return f'a {shape.size} {shape.colour} {shape.kind} {POSITION_PHRASES[shape.row, shape.col]}'
+
+
+def read_position(text: str) -> tuple[str, str] | None:
+  """(row, col) of the position phrase `text` starts with (case and spacing free), else None."""
+  words = ' '.join(text.lower().split())
+  for phrase in sorted(_POSITIONS_BY_PHRASE, key=len, reverse=True):
+    if words.startswith(phrase):
+      return _POSITIONS_BY_PHRASE[phrase]
+  return None
 
 
 def relation_sentence(a: Shape, relation: str, b: Shape) -> str:

@@ -1,7 +1,7 @@
 """ShapesEval: the shapes world as an evaluation with exact answers.
 
 Probes on the held-out split (`eval.split`, default test); `glyphs` is its own
-evaluator (GlyphsEval), the other two are `shapes`:
+evaluator (GlyphsEval), the other three are `shapes`:
 
   captions    describe each image (clean mode), read the text with
               `shapes.read_caption` (tolerant of case, whitespace, a missing
@@ -10,6 +10,11 @@ evaluator (GlyphsEval), the other two are `shapes`:
               also counted as `unparseable`;
   generation  draw each test caption, read the picture back with the
               deterministic `detector`, score the same way;
+  naming      each test picture followed by its true caption cut before a shape's
+              kind (then before its position): the word the model says next,
+              greedily, scored against the shape (`shapes/named/*`). What the
+              model sees, without its grammar or the order it lists shapes in;
+              per kind, the share of shapes of that kind named right;
   glyphs      describe glyph pictures (a large letter made of small shapes) and
               read both answers from the one caption: the letter (coarse view)
               and the small shapes' kind and colour (fine view).
@@ -150,10 +155,12 @@ class ShapesEval(Evaluator):
     for index, start in enumerate(range(0, len(items), self.batch_size)):
       yield self.seed + index, items[start:start + self.batch_size]
 
-  def _describe(self, vlm, images) -> list[str]:
+  def _describe(self, vlm, images, questions=None, max_new_tokens=None) -> list[str]:
     out = []
-    for seed, chunk in self._batches(images):
-      out += vlm.describe(list(chunk), mode='clean', max_new_tokens=self.max_new_tokens, seed=seed)
+    for seed, chunk in self._batches(list(zip(images, questions or [''] * len(images)))):
+      images_, questions_ = zip(*chunk)
+      out += vlm.describe(list(images_), list(questions_), mode='clean',
+                          max_new_tokens=max_new_tokens or self.max_new_tokens, seed=seed)
     return out
 
   def run(self, vlm, step: int) -> dict[str, float]:
@@ -161,6 +168,7 @@ class ShapesEval(Evaluator):
     self.chance, self.grids = {}, {}
     scenes = self.heldout.scenes(self.split, self.n)
     metrics = self._captions(vlm, scenes)
+    metrics.update(self._naming(vlm, scenes))
     try:
       metrics.update(self._generation(vlm, scenes))
     except Unsupported as e:   # e.g. a variant without the diffusion head
@@ -195,6 +203,34 @@ class ShapesEval(Evaluator):
     self.grids['captions'] = grid
     self.chance.update(chance.rates('shapes/caption'))
     return tally.rates('shapes/caption')
+
+  def _naming(self, vlm, scenes) -> dict[str, float]:
+    images, questions, truths = [], [], []
+    for label, image in scenes:
+      text = shapes.caption(label)
+      for shape in label.shapes:
+        start = text.index(shapes.describe(shape))   # each shape's phrase is unique
+        prefix = f'{text[:start]}a {shape.size} {shape.colour}'
+        for name, question in (('kind', prefix), ('position', f'{prefix} {shape.kind}')):
+          images.append(image)
+          questions.append(question)
+          truths.append((name, shape))
+    # The longest answer (a position phrase) in tokens, and a token more.
+    longest = max(len(vlm.tokenizer.encode(' ' + p)) for p in shapes.POSITION_PHRASES.values())
+    answers = self._describe(vlm, images, questions, max_new_tokens=longest + 1)
+    tally = Tally()
+    for (name, shape), answer in zip(truths, answers):
+      if name == 'kind':
+        words = answer.split()
+        said = words[0].strip('.,').lower() if words else ''
+        tally.add('kind', said == shape.kind)
+        tally.add(f'kind_{shape.kind}', said == shape.kind)
+      else:
+        tally.add('position', shapes.read_position(answer) == (shape.row, shape.col))
+    rates = tally.rates('shapes/named')
+    self.chance.update({name: 1 / len(shapes.KINDS) for name in rates if '/kind' in name})
+    self.chance['shapes/named/position'] = 1 / len(shapes.POSITION_PHRASES)
+    return rates
 
   def _self_corrected(self, vlm, scenes) -> dict[str, float]:
     """Generation again with self-correction, its thresholds the `surprise_percentile` of

@@ -1,0 +1,102 @@
+"""Where a prompt's words stop on their way to the picture: linear probes of a trained run.
+
+  python benchmarks/binding_probe.py --workdir runs/small [--prompts 768]
+
+One-shape shapes scenes are laid out as training lays out generation (the caption, then
+the picture with every M_k masked) and run through the model once. For each scene a
+softmax-regression probe (fit on 2/3 of the scenes, scored on the rest) reads the shape's
+kind, colour and size from hidden states at:
+
+  cond             the diffusion condition (imgen-out) that draws the shape's coarse cell
+  core@cell        the core's output at that masked coarse cell
+  core@kind_word   the core's output at the prompt's kind word
+  core@phrase_end  the core's output at the last word of the prompt's position phrase
+
+Chance is 1/3 (kind), 1/7 (colour), 1/2 (size). An attribute readable at the kind word but
+not at the cell never reached the picture's tokens: the backbone did not bind it, whatever
+the diffusion head can draw (docs/training.md, session 11).
+"""
+
+import argparse
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dvlm_jax.contract import COPY_MASKED, MODALITY_IMAGE
+from dvlm_jax.data import builtin, layout, shapes
+from dvlm_jax.data import tokenizer as tok
+from dvlm_jax.inference.api import VLM
+
+ATTRIBUTES = (('kind', shapes.KINDS), ('colour', shapes.COLOUR_NAMES), ('size', shapes.SIZES))
+BATCH = 16
+
+
+def hidden_states(vlm: VLM, n: int, seed: int = 0) -> tuple[dict[str, np.ndarray], np.ndarray]:
+  """Per probe site [n, d_model] states, and the [n, 3] attribute labels."""
+  cfg = dataclasses.replace(vlm.layout, prompted_fully_masked=1.0, caption_dropout=0.0)
+  rng = np.random.default_rng(seed)
+  apply = jax.jit(lambda p, b: vlm.model.apply({'params': p}, b, return_hidden=True))
+  sites, labels = {'cond': [], 'core@cell': [], 'core@kind_word': [], 'core@phrase_end': []}, []
+  size_px = builtin.image_size(vlm.config)
+  for _ in range(0, n, BATCH):
+    scenes = [shapes.sample_scene(rng, max_shapes=1) for _ in range(BATCH)]
+    docs = [[builtin.GENERATION_PROMPT + shapes.caption(s), shapes.render(s, size_px)]
+            for s in scenes]
+    batch, stats = layout.make_batch(docs, cfg, vlm.tokenizer, rng, BATCH)
+    if stats.documents != BATCH:
+      raise SystemExit(f'a row of data.seq_len={cfg.seq_len} holds no one-shape document')
+    out = apply(vlm.params, {k: jnp.asarray(v) for k, v in batch.items()})
+    core, cond = np.asarray(out['hidden']['core']), np.asarray(out['hidden']['imgen_out'])
+    for r, scene in enumerate(scenes):
+      shape = scene.shapes[0]
+      row, col = shape.cell
+      coarse = np.flatnonzero((batch['scale'][r] == 1) & (batch['copy'][r] == COPY_MASKED)
+                              & (batch['modality'][r] == MODALITY_IMAGE))
+      cell = coarse[row * 3 + col]
+      tokens = batch['tokens'][r]
+      image_start = int(np.flatnonzero(tokens == tok.IMG)[0])
+      kind_word = int(np.flatnonzero(tokens[:image_start] ==
+                                     vlm.tokenizer.encode(' ' + shape.kind)[-1])[-1])
+      sites['cond'].append(cond[r, cell - cfg.target_shift])   # where the cell is predicted
+      sites['core@cell'].append(core[r, cell])
+      sites['core@kind_word'].append(core[r, kind_word])
+      sites['core@phrase_end'].append(core[r, image_start - 2])  # '... bottom' '.' <IMG>
+      labels.append([names.index(getattr(shape, a)) for a, names in ATTRIBUTES])
+  return {k: np.asarray(v) for k, v in sites.items()}, np.asarray(labels)
+
+
+def probe_accuracy(x: np.ndarray, y: np.ndarray, classes: int, steps: int = 500) -> float:
+  """Held-out accuracy of an L2-regularised softmax regression (full-batch gradient descent)."""
+  x = (x - x.mean(0)) / (x.std(0) + 1e-6)
+  n = len(x) * 2 // 3
+  xt, yt = jnp.asarray(x[:n]), jnp.asarray(y[:n])
+
+  def loss(w):
+    return -jnp.mean(jax.nn.log_softmax(xt @ w)[jnp.arange(n), yt]) + 1e-3 * jnp.sum(w * w)
+
+  grad = jax.jit(jax.grad(loss))
+  w = jnp.zeros((x.shape[1], classes))
+  for _ in range(steps):
+    w = w - 0.1 * grad(w)
+  return float(np.mean(np.argmax(x[n:] @ np.asarray(w), axis=1) == y[n:]))
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--workdir', required=True)
+  parser.add_argument('--step', type=int, default=None)
+  parser.add_argument('--prompts', type=int, default=768)
+  args = parser.parse_args()
+  vlm = VLM.from_workdir(args.workdir, step=args.step)
+  sites, labels = hidden_states(vlm, args.prompts)
+  print(f'{args.workdir} step {vlm.step}, {len(labels)} one-shape prompts, held-out probe accuracy')
+  print(f"{'site':<16}" + ''.join(f'{a:>8}' for a, _ in ATTRIBUTES))
+  for site, x in sites.items():
+    print(f'{site:<16}' + ''.join(f'{probe_accuracy(x, labels[:, i], len(names)):8.2f}'
+                                  for i, (_, names) in enumerate(ATTRIBUTES)))
+
+
+if __name__ == '__main__':
+  main()

@@ -7,8 +7,9 @@ the picture with every M_k masked) and run through the model once. For each scen
 softmax-regression probe (fit on 2/3 of the scenes, scored on the rest) reads the shape's
 kind, colour and size from hidden states at:
 
-  cond             the diffusion condition (imgen-out) that draws the shape's coarse cell
-  core@cell        the core's output at that masked coarse cell
+  cond             the diffusion condition (imgen-out) that draws the shape's cell at the
+                   scale that is the world's 3 x 3 grid
+  core@cell        the core's output at that masked cell
   core@kind_word   the core's output at the prompt's kind word
   core@phrase_end  the core's output at the last word of the prompt's position phrase
 
@@ -36,6 +37,10 @@ BATCH = 16
 def hidden_states(vlm: VLM, n: int, seed: int = 0) -> tuple[dict[str, np.ndarray], np.ndarray]:
   """Per probe site [n, d_model] states, and the [n, 3] attribute labels."""
   cfg = dataclasses.replace(vlm.layout, prompted_fully_masked=1.0, caption_dropout=0.0)
+  if 3 not in cfg.scales:
+    raise SystemExit(f'image.scales={cfg.scales}: the probe reads the cell of the scale that is '
+                     "the shapes world's 3 x 3 grid (a scale of 3)")
+  grid_scale = cfg.scales.index(3) + 1
   rng = np.random.default_rng(seed)
   apply = jax.jit(lambda p, b: vlm.model.apply({'params': p}, b, return_hidden=True))
   sites, labels = {'cond': [], 'core@cell': [], 'core@kind_word': [], 'core@phrase_end': []}, []
@@ -44,15 +49,19 @@ def hidden_states(vlm: VLM, n: int, seed: int = 0) -> tuple[dict[str, np.ndarray
     scenes = [shapes.sample_scene(rng, max_shapes=1) for _ in range(BATCH)]
     docs = [[builtin.GENERATION_PROMPT + shapes.caption(s), shapes.render(s, size_px)]
             for s in scenes]
-    batch, stats = layout.make_batch(docs, cfg, vlm.tokenizer, rng, BATCH)
-    if stats.documents != BATCH:
-      raise SystemExit(f'a row of data.seq_len={cfg.seq_len} holds no one-shape document')
+    rows = []   # one document per row, so that row r is scene r
+    for doc in docs:
+      row, stats = layout.make_batch([doc], cfg, vlm.tokenizer, rng, 1)
+      if stats.documents != 1:
+        raise SystemExit(f'a row of data.seq_len={cfg.seq_len} holds no one-shape document')
+      rows.append(row)
+    batch = {k: np.concatenate([row[k] for row in rows]) for k in rows[0]}
     out = apply(vlm.params, {k: jnp.asarray(v) for k, v in batch.items()})
     core, cond = np.asarray(out['hidden']['core']), np.asarray(out['hidden']['imgen_out'])
     for r, scene in enumerate(scenes):
       shape = scene.shapes[0]
       row, col = shape.cell
-      coarse = np.flatnonzero((batch['scale'][r] == 1) & (batch['copy'][r] == COPY_MASKED)
+      coarse = np.flatnonzero((batch['scale'][r] == grid_scale) & (batch['copy'][r] == COPY_MASKED)
                               & (batch['modality'][r] == MODALITY_IMAGE))
       cell = coarse[row * 3 + col]
       tokens = batch['tokens'][r]

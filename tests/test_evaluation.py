@@ -328,8 +328,12 @@ def test_every_evaluator_reports_its_metrics(run_dir):
       assert 0 <= metrics[f'shapes/{probe}/{name}'] <= 1
       assert 0 <= chance[f'shapes/{probe}/{name}'] <= 1
   assert 0 <= metrics['shapes/caption/unparseable'] <= 1
-  for name in ('kind', 'kind_circle', 'kind_square', 'kind_triangle', 'position'):
-    assert 0 <= metrics[f'shapes/named/{name}'] <= 1 and f'shapes/named/{name}' in chance
+  # The naming probe: per-kind rates for the kinds the few test scenes hold.
+  named = {k for k in metrics if k.startswith('shapes/named/')}
+  assert {'shapes/named/kind', 'shapes/named/position'} < named
+  assert named <= {'shapes/named/kind', 'shapes/named/position'} | {
+      f'shapes/named/kind_{kind}' for kind in shapes.KINDS}
+  assert all(0 <= metrics[k] <= 1 and k in chance for k in named)
   for name in ('glyph', 'kind', 'colour', 'both', 'unparseable'):
     assert 0 <= metrics[f'shapes/glyphs/{name}'] <= 1
   assert chance['shapes/glyphs/glyph'] == 1 / 36

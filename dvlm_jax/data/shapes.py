@@ -207,11 +207,8 @@ def describe(shape: Shape) -> str:
 
 def read_position(text: str) -> tuple[str, str] | None:
   """(row, col) of the position phrase `text` starts with (case and spacing free), else None."""
-  words = ' '.join(text.lower().split())
-  for phrase in sorted(_POSITIONS_BY_PHRASE, key=len, reverse=True):
-    if words.startswith(phrase):
-      return _POSITIONS_BY_PHRASE[phrase]
-  return None
+  m = _POSITION_RE.match(' '.join(text.lower().split()))
+  return _POSITIONS_BY_PHRASE[m.group(1)] if m else None
 
 
 def relation_sentence(a: Shape, relation: str, b: Shape) -> str:
@@ -242,6 +239,7 @@ def _alternation(words) -> str:
   return '|'.join(re.escape(w) for w in sorted(words, key=len, reverse=True))
 
 
+_POSITION_RE = re.compile(rf'({_alternation(_POSITIONS_BY_PHRASE)})')
 _SHAPE_RE = re.compile(
     rf'a ({_alternation(SIZES)}) ({_alternation(COLOUR_NAMES)}) ({_alternation(KINDS)}) '
     rf'({_alternation(_POSITIONS_BY_PHRASE)})')

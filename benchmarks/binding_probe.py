@@ -16,6 +16,11 @@ kind, colour and size from hidden states at:
 Chance is 1/3 (kind), 1/7 (colour), 1/2 (size). An attribute readable at the kind word but
 not at the cell never reached the picture's tokens: the backbone did not bind it, whatever
 the diffusion head can draw (docs/training.md, session 11).
+
+Then a word swap: one-shape prompts that differ in one word only (the kind, the colour, the
+size or the position) are drawn at temperature 0 from the same start, and the mean absolute
+pixel change (0-255) between the pictures says how much the picture listens to that word:
+0 means the model draws the same picture whatever the word says.
 """
 
 import argparse
@@ -31,6 +36,9 @@ from dvlm_jax.data import tokenizer as tok
 from dvlm_jax.inference.api import VLM
 
 ATTRIBUTES = (('kind', shapes.KINDS), ('colour', shapes.COLOUR_NAMES), ('size', shapes.SIZES))
+# The values a word swap cycles through, per attribute ((row, col) for positions).
+SWAPS = {'kind': shapes.KINDS, 'colour': ('red', 'blue', 'yellow'), 'size': shapes.SIZES,
+         'position': (('top', 'left'), ('middle', 'center'), ('bottom', 'right'))}
 BATCH = 16
 
 
@@ -92,11 +100,31 @@ def probe_accuracy(x: np.ndarray, y: np.ndarray, classes: int, steps: int = 500)
   return float(np.mean(np.argmax(x[n:] @ np.asarray(w), axis=1) == y[n:]))
 
 
+def word_swap(vlm: VLM, n: int, seed: int = 0) -> dict[str, float]:
+  """Per attribute: the mean |pixel change| (0-255) between temperature-0 pictures of `n`
+  one-shape prompts when only that attribute's word changes."""
+  rng = np.random.default_rng(seed)
+  bases = [shapes.sample_scene(rng, max_shapes=1).shapes[0] for _ in range(n)]
+  out = {}
+  for name, values in SWAPS.items():
+    prompts = []
+    for shape in bases:
+      for value in values:
+        change = dict(zip(('row', 'col'), value)) if name == 'position' else {name: value}
+        prompts.append(shapes.caption(shapes.Scene((dataclasses.replace(shape, **change),))))
+    pictures = np.asarray([g.image for g in vlm.generate_images(prompts, temperature=0.0)],
+                          np.float32).reshape(n, len(values), -1)
+    pairs = [(i, j) for i in range(len(values)) for j in range(i + 1, len(values))]
+    out[name] = float(np.mean([np.abs(pictures[:, i] - pictures[:, j]).mean() for i, j in pairs]))
+  return out
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--workdir', required=True)
   parser.add_argument('--step', type=int, default=None)
   parser.add_argument('--prompts', type=int, default=768)
+  parser.add_argument('--swaps', type=int, default=12, help='one-shape prompts per word swap')
   args = parser.parse_args()
   vlm = VLM.from_workdir(args.workdir, step=args.step)
   sites, labels = hidden_states(vlm, args.prompts)
@@ -105,6 +133,9 @@ def main():
   for site, x in sites.items():
     print(f'{site:<16}' + ''.join(f'{probe_accuracy(x, labels[:, i], len(names)):8.2f}'
                                   for i, (_, names) in enumerate(ATTRIBUTES)))
+  swaps = word_swap(vlm, args.swaps)
+  print(f'word swap, mean |pixel change| (0-255) of a temperature-0 picture, {args.swaps} prompts: '
+        + ', '.join(f'{name} {change:.2f}' for name, change in swaps.items()))
 
 
 if __name__ == '__main__':

@@ -25,6 +25,7 @@ pixel change (0-255) between the pictures says how much the picture listens to t
 
 import argparse
 import dataclasses
+import itertools
 
 import jax
 import jax.numpy as jnp
@@ -102,20 +103,23 @@ def probe_accuracy(x: np.ndarray, y: np.ndarray, classes: int, steps: int = 500)
 
 def word_swap(vlm: VLM, n: int, seed: int = 0) -> dict[str, float]:
   """Per attribute: the mean |pixel change| (0-255) between temperature-0 pictures of `n`
-  one-shape prompts when only that attribute's word changes."""
+  one-shape prompts when only that attribute's word changes (one batch, one compile)."""
   rng = np.random.default_rng(seed)
   bases = [shapes.sample_scene(rng, max_shapes=1).shapes[0] for _ in range(n)]
-  out = {}
+  prompts = []
   for name, values in SWAPS.items():
-    prompts = []
     for shape in bases:
       for value in values:
         change = dict(zip(('row', 'col'), value)) if name == 'position' else {name: value}
         prompts.append(shapes.caption(shapes.Scene((dataclasses.replace(shape, **change),))))
-    pictures = np.asarray([g.image for g in vlm.generate_images(prompts, temperature=0.0)],
-                          np.float32).reshape(n, len(values), -1)
-    pairs = [(i, j) for i in range(len(values)) for j in range(i + 1, len(values))]
-    out[name] = float(np.mean([np.abs(pictures[:, i] - pictures[:, j]).mean() for i, j in pairs]))
+  pictures = np.asarray([g.image for g in vlm.generate_images(prompts, temperature=0.0)],
+                        np.float32).reshape(len(prompts), -1)
+  out, start = {}, 0
+  for name, values in SWAPS.items():
+    group = pictures[start:start + n * len(values)].reshape(n, len(values), -1)
+    start += n * len(values)
+    out[name] = float(np.mean([np.abs(group[:, i] - group[:, j]).mean()
+                               for i, j in itertools.combinations(range(len(values)), 2)]))
   return out
 
 

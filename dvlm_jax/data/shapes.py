@@ -239,10 +239,11 @@ def _alternation(words) -> str:
   return '|'.join(re.escape(w) for w in sorted(words, key=len, reverse=True))
 
 
-_POSITION_RE = re.compile(rf'({_alternation(_POSITIONS_BY_PHRASE)})')
+_POSITION = _alternation(_POSITIONS_BY_PHRASE)
+_POSITION_RE = re.compile(rf'({_POSITION})')
 _SHAPE_RE = re.compile(
     rf'a ({_alternation(SIZES)}) ({_alternation(COLOUR_NAMES)}) ({_alternation(KINDS)}) '
-    rf'({_alternation(_POSITIONS_BY_PHRASE)})')
+    rf'({_POSITION})')
 _RELATION_RE = re.compile(
     rf'the ({_alternation(COLOUR_NAMES)}) ({_alternation(KINDS)}) is ({_alternation(RELATIONS)}) '
     rf'the ({_alternation(COLOUR_NAMES)}) ({_alternation(KINDS)})\.')

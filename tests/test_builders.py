@@ -259,6 +259,18 @@ def test_shapes_deterministic_from_the_seed(tmp_path):
   assert [a[k]['texts'] for k in sorted(a)] != [c[k]['texts'] for k in sorted(c)]
 
 
+def test_shapes_single_holds_one_shape_per_picture(tmp_path):
+  build(tmp_path, 'shapes_single', image_size=32, **TINY)
+  records = by_id(read_back(tmp_path / 'data', 'shapes_single'))
+  assert len(records) == 12 and all(k.startswith(b'shapes_single/') for k in records)
+  for record in records.values():
+    (text,) = check_record(record, image_size=(32, 32))
+    scene = shapes.scene_from_dict(json.loads(record['labels']))
+    assert len(scene.shapes) == 1 and shapes.parse_caption(text) == scene
+  with pytest.raises(base.OptionError, match='--max_shapes'):   # the world fixes it
+    build(tmp_path, 'shapes_single', max_shapes=3)
+
+
 def test_shapes_splits_never_share_a_caption():
   captions = {split: {shapes.caption(splits.scene_for(0, split, i, 1)) for i in range(300)}
               for split in splits.SPLITS}

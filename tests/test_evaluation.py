@@ -163,6 +163,15 @@ def test_built_records_are_the_computed_ones(tmp_path):
       assert a == b and np.array_equal(image_a, image_b)
     for (a, image_a), (b, image_b) in zip(read.glyphs(split, 3), computed.glyphs(split, 3)):
       assert a == b and np.array_equal(image_a, image_b)
+  # A mixture that trains on the one-shape world is evaluated on it, built or computed.
+  build_lib.build_dataset('shapes_single', str(tmp_path), train_size=1, validation_size=3,
+                          test_size=3)
+  config.data.mixture = (('shapes_single', 1.0),)
+  for data_dir in (str(tmp_path), str(tmp_path / 'not_built')):
+    config.data.data_dir = data_dir
+    single = heldout.HeldOut(config).scenes('test', 3)
+    assert [len(s.shapes) for s, _ in single] == [1, 1, 1]
+    assert [s for s, _ in single] == [splits.scene_for(0, 'test', i, 1) for i in range(3)]
   builtin_scenes = heldout.HeldOut(tiny_config()).scenes('test', 3)
   assert [s for s, _ in builtin_scenes] == [splits.scene_for(0, 'test', i, 2)
                                             for i in range(3)]

@@ -38,6 +38,9 @@ COLS = ('left', 'center', 'right')
 # Relation of the first shape to the second.
 RELATIONS = ('left of', 'right of', 'above', 'below')
 BACKGROUND = (12, 12, 20)
+# The built data sets of this world (data/builders/shapes.py): name -> most shapes a
+# picture holds (by default; `shapes --max_shapes` changes it).
+WORLDS = {'shapes': 3, 'shapes_single': 1}
 
 # Fraction of a cell's side a shape's bounding box takes.
 _SIZE_FRACTION = {'small': 0.5, 'large': 0.9}

@@ -4,7 +4,9 @@ Where they come from follows the training data:
 
   data.source='tfds' and the set is built in data.data_dir
       the split's first n records by id (what the builder wrote: its seed,
-      image size and shape count), labels from the record's JSON;
+      image size and shape count), labels from the record's JSON; scenes come
+      from the shapes world data.mixture trains on (`shapes`, or `shapes_single`
+      where the mixture names it);
   otherwise
       the same records computed by the builders' own record functions
       (`data.splits.scene_for`, `data.splits.glyph_for`, seed 0: what
@@ -28,6 +30,7 @@ import os
 import numpy as np
 from PIL import Image
 
+from dvlm_jax import config as cfg_lib
 from dvlm_jax.data import builtin
 from dvlm_jax.data import glyphs as glyphs_lib
 from dvlm_jax.data import shapes as shapes_lib
@@ -37,7 +40,6 @@ log = logging.getLogger(__name__)
 
 _BUILDER_SEED = 0       # the builders' default seed: a default build holds these records
 _BUILDER_IMAGE_SIZE = 64
-_BUILDER_MAX_SHAPES = 3
 
 
 def _text(value) -> str:
@@ -48,6 +50,12 @@ def _decode_png(data) -> np.ndarray:
   return np.asarray(Image.open(io.BytesIO(bytes(data))).convert('RGB'), dtype=np.uint8)
 
 
+def shapes_world(config) -> str:
+  """The shapes-world data set the model trains on: the first one data.mixture names."""
+  names = [name for name, _ in cfg_lib.parse_mixture(config.data.mixture)]
+  return next((name for name in names if name in shapes_lib.WORLDS), 'shapes')
+
+
 class HeldOut:
   """`scenes(split, n)` and `glyphs(split, n)`: (label, uint8 [S, S, 3] image) pairs."""
 
@@ -55,13 +63,14 @@ class HeldOut:
     self.source = str(config.data.source)
     self.data_dir = str(config.data.data_dir)
     self.fixed = []
+    self.world = shapes_world(config)
     if self.source == 'builtin':
       mix = builtin.Mix.from_config(config)
       self.max_shapes = mix.max_shapes
       self.fixed = builtin.fixed_scenes(mix)   # data.builtin_scenes > 0: the training scenes
       self.image_size = builtin.image_size(config)
     else:
-      self.max_shapes = _BUILDER_MAX_SHAPES
+      self.max_shapes = shapes_lib.WORLDS[self.world]
       self.image_size = _BUILDER_IMAGE_SIZE
 
   def _records(self, name: str, split: str, n: int) -> list[dict] | None:
@@ -82,7 +91,7 @@ class HeldOut:
     return records[:n]
 
   def scenes(self, split: str, n: int) -> list[tuple[shapes_lib.Scene, np.ndarray]]:
-    records = self._records('shapes', split, n)
+    records = self._records(self.world, split, n)
     if records is not None:
       return [(shapes_lib.scene_from_dict(json.loads(r['labels'])), _decode_png(r['images'][0]))
               for r in records]

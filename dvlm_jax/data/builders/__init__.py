@@ -20,14 +20,14 @@ from dvlm_jax.data.builders import base
 from dvlm_jax.data.builders.fashion_mnist import FashionMnist
 from dvlm_jax.data.builders.folder import Folder
 from dvlm_jax.data.builders.glyphs import Glyphs
-from dvlm_jax.data.builders.shapes import Shapes
+from dvlm_jax.data.builders.shapes import Shapes, SingleShapes
 from dvlm_jax.data.builders.text import Text
 from dvlm_jax.data.builders.tuxpaint import Tuxpaint
 from dvlm_jax.data.builders.twemoji import Twemoji
 
 BUILDERS: dict[str, type[base.DvlmBuilder]] = {
     cls.BUILDER: cls
-    for cls in (Twemoji, Tuxpaint, FashionMnist, Shapes, Glyphs, Folder, Text)
+    for cls in (Twemoji, Tuxpaint, FashionMnist, Shapes, SingleShapes, Glyphs, Folder, Text)
 }
 
 

@@ -7,9 +7,9 @@ read and drawn within the budget); scales 3 and 6 of 5-px patches, so the
 coarsest scale is the world's 3 x 3 grid and an image takes 94 tokens instead of 173;
 rotary pairs on y and x only and the cell-position features (`model.rope_axes`,
 `model.image_pos_embed`); each scale's loss weighing the same (`loss.scale_weighting`);
-half the captioned pictures drawn from their caption, every such picture fully masked as
+70 % of captioned pictures drawn from their caption, every such picture fully masked as
 generation sees it (`data.generation_share`, `image.prompted_fully_masked`), pictures read
-first 30 % whole, 30 % fully and 40 % partly (50-100 % of each scale) masked; four noise
+first 60 % whole, 20 % fully and 20 % partly (50-100 % of each scale) masked; four noise
 draws per target for the diffusion head; a BPE tokenizer of the world's words
 (`assets/shapes_bpe.model`, every word one token: a one-shape caption is 9 tokens at most),
 so one document fills a row of 112 tokens; the fine scale drawn as its difference from the
@@ -49,14 +49,14 @@ def get_config(arg=None):
   c.image.patch_size = 5
   c.image.scales = (3, 6)
   # Generation learns from caption-first documents drawn from nothing: every image after
-  # its caption is masked as generation sees it, and half the captioned pictures are laid
-  # out that way; pictures read first keep 30 % whole (captions read them whole), 30 %
-  # fully and 40 % partly masked (masked modelling). Kind, learnt last, needs both: at 70 %
-  # caption-first captions read it only late (docs/training.md, session 13).
+  # its caption is masked as generation sees it, and 70 % of captioned pictures are laid
+  # out that way; pictures read first keep 60 % whole (captions read them whole: kind is
+  # read only from enough whole pictures), 20 % fully and 20 % partly masked (masked
+  # modelling).
   c.image.prompted_fully_masked = 1.0
-  c.data.generation_share = 0.5
-  c.image.share_unmasked = 0.3
-  c.image.share_fully_masked = 0.3
+  c.data.generation_share = 0.7
+  c.image.share_unmasked = 0.6
+  c.image.share_fully_masked = 0.2
   c.image.mask_ratio_min = 0.5
   c.image.mask_ratio_max = 1.0
   c.model.rope_axes = 'yx'

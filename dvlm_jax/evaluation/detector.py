@@ -15,7 +15,7 @@ without a learned judge whose own errors would be mixed into the score:
      from the background to the shape's colour) matched against each kind as
      the renderer draws it in that cell, at both sizes, sharp or blurred
      (Gaussian sigma up to 1 px at 30 px) and shifted by up to a pixel; the
-     best normalised correlation wins. Generated pictures are soft-edged (on
+     smallest squared difference wins. Generated pictures are soft-edged (on
      small.py's grids they are closest to the truth blurred by 0.5-0.75 px),
      and a hard palette mask of a blurred small triangle fills its box like a
      square: matching the soft picture reads what a reader sees;
@@ -90,13 +90,13 @@ def _templates(size_px: int, row: int, col: int) -> np.ndarray:
   y0, y1, x0, x1 = edges[row], edges[row + 1], edges[col], edges[col + 1]
   scale = size_px / _REFERENCE_PX
   shift = max(1, int(round(_TEMPLATE_SHIFT * scale)))
+  white = 1 + shapes.COLOUR_NAMES.index('white')
   out = []
   for kind in shapes.KINDS:
     maps = []
     for size in shapes.SIZES:
       scene = shapes.Scene((shapes.Shape(kind, 'white', size, shapes.ROWS[row],
                                          shapes.COLS[col]),))
-      white = 1 + shapes.COLOUR_NAMES.index('white')
       drawn = colour_alpha(shapes.render(scene, size_px), white)
       for blur in _TEMPLATE_BLURS:
         soft = ndimage.gaussian_filter(drawn, blur * scale) if blur else drawn

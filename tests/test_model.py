@@ -209,7 +209,8 @@ def test_variant_builds_with_finite_loss_and_grads(variant):
                          image__mask_ratio_min=0.5, image__mask_ratio_max=1.0,
                          diffusion__target='residual', diffusion__objective='flow_x0_mse',
                          diffusion__time_shift=3.0, model__embed_init_std=1.0,
-                         image__prompted_fully_masked=1.0, data__generation_share=0.7)
+                         image__prompted_fully_masked=1.0, data__generation_share=0.7,
+                         data__prompt_text_weight=0.3)
   else:
     config = tiny_config(variant)
   batch = image_batch(config)

@@ -17,15 +17,13 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed
 
-# Real data: builds shapes and twemoji (the default data.mixture) and shapes_single (the
-# one-shape world small.py reads) into DATA_DIR the first time (about 45 s on 2 cores; an
-# existing build is left alone), then trains through the Grain pipeline.
+# Real data: builds the data sets CONFIG's data.mixture names into DATA_DIR the first time
+# (small.py: shapes_single, about 20 s on 2 cores; an existing build is left alone), then
+# trains through the Grain pipeline.
 DATA_DIR ?= data
 
 train: venv
-	$(PY) -m dvlm_jax.data.build shapes --data_dir $(DATA_DIR)
-	$(PY) -m dvlm_jax.data.build twemoji --data_dir $(DATA_DIR)
-	$(PY) -m dvlm_jax.data.build shapes_single --data_dir $(DATA_DIR)
+	$(PY) -m dvlm_jax.data.build --config $(CONFIG) --data_dir $(DATA_DIR)
 	$(PY) -m dvlm_jax.train --config $(CONFIG) --workdir $(WORKDIR) \
 	  --config.data.source=tfds --config.data.data_dir=$(DATA_DIR)
 

@@ -490,6 +490,23 @@ def test_cli_build_noop_rebuild_and_overwrite(tmp_path, capsys):
   assert len(tfds.data_source('dvlm_glyphs', data_dir=str(tmp_path))['train']) == 6
 
 
+def test_cli_builds_the_data_sets_an_experiment_mixes(tmp_path, capsys):
+  # What `make train` runs: the demo reads shapes_single and nothing else.
+  assert build_lib.mixture_names(os.path.join(ROOT, 'experiments', 'small.py'), []) == [
+      'shapes_single']
+  tiny = os.path.join(ROOT, 'experiments', 'tiny.py')
+  args = ['--config', tiny, '--config.data.mixture=twemoji', '--data_dir', str(tmp_path),
+          '--limit', '3']
+  assert build_lib.main(args) == 0
+  assert 'twemoji: built' in capsys.readouterr().out
+  assert sorted(os.listdir(tmp_path)) == ['dvlm_twemoji']
+  for bad, message in [(['--config.data.mixture=nosuchset'], 'unknown data set'),
+                       (['--config.data.mixtur=twemoji'], "did you mean 'data.mixture'")]:
+    assert build_lib.main(['--config', tiny, '--data_dir', str(tmp_path)] + bad) == 2
+    err = capsys.readouterr().err
+    assert err.startswith('error:') and message in err and err.count('\n') == 1, err
+
+
 @pytest.mark.parametrize('args, message', [
     (['tuxpaint', '--source_dir', '/nonexistent/stamps'],
      'apt-get install tuxpaint-stamps-default'),

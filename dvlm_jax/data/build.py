@@ -4,6 +4,10 @@
   python -m dvlm_jax.data.build twemoji --data_dir data
   python -m dvlm_jax.data.build shapes --data_dir data --image_size 64 --train_size 20000
   python -m dvlm_jax.data.build folder --data_dir data --source my_docs.jsonl
+  python -m dvlm_jax.data.build --config experiments/small.py --data_dir data [--config.KEY=VALUE]
+
+`--config` builds every data set the experiment's `data.mixture` names (what `make train`
+runs: the data its run reads, nothing else), each with its builder's default options.
 
 Prints records per split and what was skipped, and exits 2 with a one-line
 error when a source is missing or an option is wrong. A data set already built
@@ -29,6 +33,7 @@ import time
 import tensorflow_datasets as tfds
 
 from dvlm_jax import cli
+from dvlm_jax import config as cfg_lib
 from dvlm_jax.data import builders
 from dvlm_jax.data.builders import base
 
@@ -157,6 +162,8 @@ def make_parser() -> argparse.ArgumentParser:
   parser = cli.parser('python -m dvlm_jax.data.build', __doc__.split('\n\n')[0])
   parser.add_argument('name', nargs='?', help='data set to build (see --list)')
   parser.add_argument('--list', action='store_true', help='list the builders and their options')
+  parser.add_argument('--config', help=f'{cli.CONFIG_HELP}: build the data sets its '
+                      'data.mixture names, instead of NAME')
   parser.add_argument('--data_dir', help='where builds go (DATA_DIR/dvlm_NAME/VERSION)')
   parser.add_argument('--overwrite', action='store_true',
                       help='replace an existing build made with other options')
@@ -172,20 +179,31 @@ def make_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
   parser = make_parser()
-  args = parser.parse_args(argv)
+  args, overrides = cli.parse(parser, argv)
+  if overrides and not args.config:
+    parser.error('--config.KEY=VALUE overrides need --config')
   if args.list:
     print(listing())
     return 0
-  if not args.name or not args.data_dir:
-    parser.error('give a data set NAME and --data_dir (or --list)')
+  if bool(args.name) == bool(args.config) or not args.data_dir:
+    parser.error('give a data set NAME or --config, and --data_dir (or --list)')
   logging.basicConfig(level=logging.WARNING, format='%(levelname)s: %(message)s')
   options = {k: getattr(args, k) for k in _option_types() if getattr(args, k) is not None}
   try:
-    result = build_dataset(args.name, args.data_dir, overwrite=args.overwrite, **options)
-  except (base.SourceError, base.OptionError, AlreadyBuiltError) as e:
+    names = [args.name] if args.name else mixture_names(args.config, overrides)
+    for name in names:
+      print(report(build_dataset(name, args.data_dir, overwrite=args.overwrite, **options)),
+            flush=True)
+  except (base.SourceError, base.OptionError, AlreadyBuiltError, cfg_lib.ConfigError) as e:
     return cli.fail(str(e))
-  print(report(result))
   return 0
+
+
+def mixture_names(spec: str, overrides: list[str]) -> list[str]:
+  """The data sets the experiment `spec` (experiments/NAME.py[:arg], with `a.b=v`
+  overrides) mixes."""
+  config = cfg_lib.load(spec, overrides)
+  return [name for name, _ in cfg_lib.parse_mixture(config.data.mixture)]
 
 
 if __name__ == '__main__':

@@ -77,7 +77,7 @@ def get_config(arg=None):
   c.data.batch_size = 16
   # A row holds one document: at most 21 text tokens and 17 text targets (a caption of 9
   # tokens, the markers), so text-in and text-out run on 24 and 20 slots instead of the
-  # layout's bound (112 and 111): 1.3-1.5x the step's speed on 2 cores, the same numbers.
+  # layout's bound (112 and 111): 1.2-1.45x the step's speed on 2 cores, the same numbers.
   c.data.max_text_tokens = 24
   c.data.max_text_targets = 20
   c.optim.lr = 2e-3

@@ -4,8 +4,12 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-WORKDIR ?= runs/small
 CONFIG ?= experiments/small.py
+# SEED=n reruns the demo on another initialisation and data order (train.seed, data.seed)
+# into its own run directory; without it, seed 0 into runs/small.
+SEED ?=
+WORKDIR ?= runs/small$(if $(SEED),_seed$(SEED))
+SEED_FLAGS := $(if $(SEED),--config.train.seed=$(SEED) --config.data.seed=$(SEED))
 
 .PHONY: venv train test clean
 
@@ -25,7 +29,7 @@ DATA_DIR ?= data
 train: venv
 	$(PY) -m dvlm_jax.data.build --config $(CONFIG) --data_dir $(DATA_DIR)
 	$(PY) -m dvlm_jax.train --config $(CONFIG) --workdir $(WORKDIR) \
-	  --config.data.source=tfds --config.data.data_dir=$(DATA_DIR)
+	  --config.data.source=tfds --config.data.data_dir=$(DATA_DIR) $(SEED_FLAGS)
 
 # One pytest worker per core, whole files per worker (tests in a file share trained
 # fixtures; test processes share one XLA compilation cache, tests/conftest.py); the suite

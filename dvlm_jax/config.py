@@ -140,6 +140,8 @@ def defaults() -> ConfigDict:
   c.loss.imun_weight = 1.0
   c.loss.imgen_weight = 1.0
   c.loss.scale_weighting = 'token'   # token | scale: how image losses average over scales
+  c.loss.detail_weight = 0.0    # > 0: an image target weighs 1 + this x its pixels' std in
+                                # the optimised loss (flat background counts less than edges)
   c.loss.moe_aux_weight = 0.01  # Switch load-balancing loss (used when model.moe_experts > 0)
 
   c.optim = o = ConfigDict()
@@ -474,6 +476,7 @@ def validate(c: ConfigDict) -> None:
     _check(c.loss[key] >= 0, f'loss.{key}', 'must be >= 0')
   _check(c.loss.scale_weighting in ('token', 'scale'), 'loss.scale_weighting',
          f'token | scale, got {c.loss.scale_weighting!r}')
+  _check(c.loss.detail_weight >= 0, 'loss.detail_weight', f'>= 0, got {c.loss.detail_weight}')
   _validate_moe(c)
   _check(c.optim.schedule in ('cosine', 'constant', 'rsqrt'), 'optim.schedule',
          f'cosine | constant | rsqrt, got {c.optim.schedule!r}')

@@ -445,12 +445,26 @@ def test_scale_weighting_weighs_each_scale_once():
            'scale': jnp.asarray([[1, 1, 1, 2, 3]])}
   results = {}
   for weighting in ('token', 'scale'):
-    cfg = losses.LossConfig(1.0, 1.0, 1.0, True, 3, None, scale_weighting=weighting, moe=False,
-                            moe_aux_weight=0.0)
+    cfg = losses.LossConfig(1.0, 1.0, 1.0, True, 3, None, scale_weighting=weighting,
+                            detail_weight=0.0, moe=False, moe_aux_weight=0.0)
     metrics = {}
     results[weighting] = float(losses._image_part('imun', per_position, batch['image_weights'],
                                                        batch['scale'], cfg, metrics))
     assert float(metrics['imun/scale_2']) == 4.0 and float(metrics['imun/scale_3']) == 0.0
   assert results['token'] == 7.0 / 4
   assert results['scale'] == (1.0 + 4.0) / 2     # scale 3 has no target: not averaged in
+
+
+def test_detail_weight_moves_the_optimised_loss_not_the_logged_one():
+  per_position = jnp.asarray([[1.0, 3.0, 2.0, 5.0]])
+  weights, scale = jnp.asarray([[1.0, 1.0, 1.0, 0.0]]), jnp.asarray([[1, 1, 2, 2]])
+  emphasis = jnp.asarray([[1.0, 3.0, 2.0, 9.0]])   # 1 + d x std: flat, edgy, edgy, no target
+  for weighting, expected in (('token', (1 + 9 + 4) / 6), ('scale', ((1 + 9) / 4 + 2) / 2)):
+    cfg = losses.LossConfig(1.0, 1.0, 1.0, True, 2, None, scale_weighting=weighting,
+                            detail_weight=1.0, moe=False, moe_aux_weight=0.0)
+    metrics = {}
+    got = float(losses._image_part('imgen', per_position, weights, scale, cfg, metrics, emphasis))
+    assert abs(got - expected) < 1e-6, (weighting, got)
+    assert abs(float(metrics['imgen']) - 2.0) < 1e-6            # (1 + 3 + 2) / 3, unweighted
+    assert abs(float(metrics['imgen/scale_1']) - 2.0) < 1e-6
 

@@ -11,6 +11,11 @@ a scale weighs by its token count (the finest dominates: 64 of 84 targets with s
 2, 4, 8); 'scale' averages each scale's targets first and then the scales, so the
 coarse scales that carry the layout weigh as much as the fine ones.
 
+`loss.detail_weight` d > 0: in the optimised total, an image target weighs 1 + d x the
+standard deviation of its target pixels, so patches with edges (in the shapes world: the
+shape, whose outline is its kind) count more than flat background. Logged losses stay
+plain means over the targets, comparable across settings.
+
 Image parts are also reported per scale (`imun/scale_k`, `imgen/scale_k`). The imun
 target may be per-patch normalised (MAE); the diffusion target is raw pixels, or with
 `diffusion.target='residual'` their difference from the batch's `image_base`. The heads
@@ -39,6 +44,7 @@ class LossConfig:
   num_scales: int
   objective: DiffusionObjective
   scale_weighting: str          # token | scale (see the module docstring)
+  detail_weight: float          # see the module docstring
   moe: bool                     # the core has experts: collect their sown statistics
   moe_aux_weight: float
 
@@ -48,6 +54,7 @@ class LossConfig:
                config.model.imun_norm_pix, len(config.image.scales),
                DiffusionObjective.from_config(config),
                scale_weighting=config.loss.scale_weighting,
+               detail_weight=config.loss.detail_weight,
                moe=config.model.moe_experts > 0,
                moe_aux_weight=config.loss.moe_aux_weight)
 
@@ -64,17 +71,20 @@ def normalize_patches(x: jax.Array, eps: float = 1e-6) -> jax.Array:
   return (x - mean) * jax.lax.rsqrt(var + eps)
 
 
-def _image_part(name, per_position, weights, scale, cfg, metrics):
-  """Logs the loss over all targets and per scale; returns the one `scale_weighting` asks."""
+def _image_part(name, per_position, weights, scale, cfg, metrics, emphasis=None):
+  """Logs the loss over all targets and per scale; returns the one `scale_weighting` asks,
+  with each target's weight times `emphasis` (the detail weighting) where given."""
   metrics[name] = weighted_mean(per_position, weights)
+  optimised = weights if emphasis is None else weights * emphasis
   per_scale, present = [], []
   for k in range(1, cfg.num_scales + 1):
     in_scale = weights * (scale == k)
     metrics[f'{name}/scale_{k}'] = weighted_mean(per_position, in_scale)
-    per_scale.append(metrics[f'{name}/scale_{k}'])
+    per_scale.append(metrics[f'{name}/scale_{k}'] if emphasis is None else
+                     weighted_mean(per_position, optimised * (scale == k)))
     present.append((jnp.sum(in_scale) > 0).astype(jnp.float32))
   if cfg.scale_weighting == 'token':
-    return metrics[name]
+    return metrics[name] if emphasis is None else weighted_mean(per_position, optimised)
   # Scales with no target in this batch (e.g. no masked patch) do not dilute the others.
   present = jnp.stack(present)
   return jnp.sum(jnp.stack(per_scale) * present) / jnp.maximum(jnp.sum(present), 1.0)
@@ -119,11 +129,13 @@ def compute_loss(model: DreamVLM, params, batch, rng: jax.Array, cfg: LossConfig
     at = out['image_stream']
     targets = at.gather(batch['image_targets']).astype(jnp.float32)
     weights, scale = at.gather(batch['image_weights'], fill=0.0), at.gather(batch['scale'], fill=0)
+    emphasis = (1.0 + cfg.detail_weight * jnp.std(targets, axis=-1)
+                if cfg.detail_weight > 0 else None)
   if 'patch_pred' in out:
     imun_target = normalize_patches(targets) if cfg.imun_norm_pix else targets
     per_position = jnp.mean(jnp.square(out['patch_pred'] - imun_target), axis=-1)
     total = total + cfg.imun_weight * _image_part('imun', per_position, weights, scale, cfg,
-                                                  metrics)
+                                                  metrics, emphasis)
   if 'imgen_cond' in out:
     cond = out['imgen_cond']
     denoise = lambda x_t, t: model.apply({'params': params}, x_t, t, cond, method=DreamVLM.denoise)
@@ -132,7 +144,7 @@ def compute_loss(model: DreamVLM, params, batch, rng: jax.Array, cfg: LossConfig
     drawn = targets - at.gather(batch['image_base']) if 'image_base' in batch else targets
     per_position = cfg.objective.loss(denoise, drawn, rng)
     total = total + cfg.imgen_weight * _image_part('imgen', per_position, weights, scale, cfg,
-                                                   metrics)
+                                                   metrics, emphasis)
 
   if cfg.moe:
     total = total + cfg.moe_aux_weight * metrics['moe_aux']

@@ -387,6 +387,38 @@ def test_command_reproduces_the_training_time_numbers(run_dir):
   assert b'eval/shapes/caption/kind' in events and b'eval/recon/psnr/scale_2' in events
 
 
+def _tensorboard_images(tensorboard_dir):
+  """{(tag, step): decoded picture} of every image summary in the event files of a directory."""
+  import io
+  import struct
+  from tensorboardX.proto import event_pb2
+  images = {}
+  for name in sorted(os.listdir(tensorboard_dir)):
+    with open(os.path.join(tensorboard_dir, name), 'rb') as f:
+      data = f.read()
+    offset = 0
+    while offset < len(data):   # TFRecord: u64 length, u32 crc, payload, u32 crc
+      (length,) = struct.unpack('<Q', data[offset:offset + 8])
+      event = event_pb2.Event.FromString(data[offset + 12:offset + 12 + length])
+      offset += 16 + length
+      for value in event.summary.value:
+        if value.HasField('image'):
+          images[value.tag, event.step] = np.asarray(
+              Image.open(io.BytesIO(value.image.encoded_image_string)))
+  return images
+
+
+def test_training_evaluation_shows_its_grids_in_tensorboard(run_dir):
+  """The evaluation during training writes each grid as a TensorBoard image at its step,
+  the same picture as its PNG."""
+  images = _tensorboard_images(os.path.join(run_dir, 'tensorboard'))
+  record = _record(run_dir, f'{STEP}.training.json')
+  assert {'shapes_captions', 'shapes_generation', 'glyphs_captions'} <= set(record['grids'])
+  for name, path in record['grids'].items():
+    picture = images[f'eval/{name}', STEP]
+    np.testing.assert_array_equal(picture[..., :3], np.asarray(Image.open(path))[..., :3])
+
+
 def test_command_rejects_model_overrides_and_missing_steps(run_dir, capsys):
   from dvlm_jax import eval as eval_cli
   assert eval_cli.main(['--workdir', run_dir, '--config.model.core_layers=3']) == 2

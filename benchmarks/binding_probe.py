@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dvlm_jax import contract
 from dvlm_jax.contract import COPY_MASKED, MODALITY_IMAGE
 from dvlm_jax.data import builtin, layout, shapes
 from dvlm_jax.data import tokenizer as tok
@@ -53,7 +54,7 @@ def hidden_states(vlm: VLM, n: int, seed: int = 0) -> tuple[dict[str, np.ndarray
   rng = np.random.default_rng(seed)
   apply = jax.jit(lambda p, b: vlm.model.apply({'params': p}, b, return_hidden=True))
   sites, labels = {'cond': [], 'core@cell': [], 'core@kind_word': [], 'core@phrase_end': []}, []
-  size_px = builtin.image_size(vlm.config)
+  size_px = contract.image_side(vlm.config)
   for _ in range(0, n, BATCH):
     scenes = [shapes.sample_scene(rng, max_shapes=1) for _ in range(BATCH)]
     docs = [[builtin.GENERATION_PROMPT + shapes.caption(s), shapes.render(s, size_px)]

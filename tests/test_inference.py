@@ -213,9 +213,9 @@ def test_next_patch_generation_over_the_cache_equals_the_reference():
   """The Janus-like baseline draws patch by patch, each fed as a one-token chunk over the
   KV cache: the same patches as a full forward pass per patch; inpainting keeps every
   unmasked pixel."""
-  from dvlm_jax import config as cfg_lib
+  from dvlm_jax import variants
   from tests.conftest import build, image_batch, tiny_config
-  config = cfg_lib.janus_like(tiny_config())
+  config = variants.janus_like(tiny_config())
   _, params = build(config, image_batch(config))
   vlm = VLM.from_params(config, _perturbed(params))
   opts = images_lib.GenerationOptions(temperature=1.0, cfg_scale=3.0, steps=2, seed=5)

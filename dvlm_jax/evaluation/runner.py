@@ -85,7 +85,7 @@ def evaluate(vlm, config, step: int, workdir: str, *, tag: str = '') -> dict[str
   eval/STEP_ema.json, eval/STEP_ema/ and the scalars and images 'eval_ema/NAME'.
   """
   metrics, chance, not_applicable, seconds, grids = {}, {}, {}, {}, {}
-  for name in config.eval.evaluators:   # names checked by config.validate
+  for name in config.eval.evaluators:   # names checked by validation.validate
     start = time.perf_counter()
     evaluator = evaluation.evaluator_class(name)(config)
     try:

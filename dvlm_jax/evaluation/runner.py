@@ -17,7 +17,7 @@ and returns the metrics. Evaluators are deterministic for `eval.seed`, so an
 evaluation of a restored checkpoint (`python -m dvlm_jax.eval`) reproduces the
 numbers logged at that step during training. `seconds` (wall time per
 evaluator) is the only thing in STEP.json that is not. What a model variant cannot do
-(an ablation without the diffusion head cannot generate; `inference.images.Unsupported`)
+(an ablation without the diffusion head cannot generate; `inference.generation.Unsupported`)
 is recorded under `not_applicable` ({evaluator or metric group: reason}), not raised.
 
 An evaluator is a small class: `__init__(config)`, `run(vlm, step) ->
@@ -36,7 +36,7 @@ import jax
 
 from dvlm_jax import evaluation
 from dvlm_jax.evaluation import grid as grid_lib
-from dvlm_jax.inference.images import Unsupported
+from dvlm_jax.inference.generation import Unsupported
 
 # The numbers of the one-line summary during training; everything is in the record.
 HEADLINE = ('text/perplexity', 'recon/psnr', 'shapes/caption/scene', 'shapes/generation/scene',

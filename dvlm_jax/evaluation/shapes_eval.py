@@ -48,7 +48,7 @@ from dvlm_jax.data import shapes
 from dvlm_jax.evaluation import detector
 from dvlm_jax.evaluation.grid import Grid
 from dvlm_jax.evaluation.base import Evaluator
-from dvlm_jax.inference.images import Unsupported
+from dvlm_jax.inference.generation import Unsupported
 
 ATTRIBUTES = ('kind', 'colour', 'size', 'position')
 _CHANCE_DRAWS = 16     # random scenes per example for the chance levels

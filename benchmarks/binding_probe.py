@@ -15,7 +15,7 @@ kind, colour and size from hidden states at:
 
 Chance is 1/3 (kind), 1/7 (colour), 1/2 (size). An attribute readable at the kind word but
 not at the cell never reached the picture's tokens: the backbone did not bind it, whatever
-the diffusion head can draw (docs/training.md, session 11).
+the diffusion head can draw (docs/findings.md, "Kind: read with time, not drawn").
 
 Then a word swap: one-shape prompts that differ in one word only (the kind, the colour, the
 size or the position) are drawn at temperature 0 from the same start, and the mean absolute

@@ -1,7 +1,7 @@
 """Small dream VLM, the CPU demo that `make train` runs (30-px shapes pictures at 2 scales).
 
-The demo's recipe (each part measured against the previous demo on the same budget and
-seed, docs/training.md): the one-shape shapes world (`shapes_single`: every attribute of
+The demo's recipe (each part measured by an A/B run on the same budget and
+seed, docs/findings.md): the one-shape shapes world (`shapes_single`: every attribute of
 a shape still varies, but a picture holds one, so that kind, the attribute learnt last, is
 read and drawn within the budget); scales 3 and 6 of 5-px patches, so the
 coarsest scale is the world's 3 x 3 grid and an image takes 94 tokens instead of 173;
@@ -84,7 +84,7 @@ def get_config(arg=None):
   c.optim.lr = 2e-3
   c.model.remat = 'dots'        # recompute attention scores: faster on CPU, less memory
   c.optim.warmup_steps = 60
-  c.train.steps = 1500          # make train stays under 15 min on 2 cores (docs/training.md)
+  c.train.steps = 1500          # make train stays under 15 min on 2 cores (docs/findings.md)
   c.train.log_every = 25
   c.eval.evaluators = ('text_perplexity', 'masked_patch_psnr', 'shapes', 'inpainting')
   c.eval.num_examples = 32

@@ -15,7 +15,7 @@ kind, colour and size from hidden states at:
 
 Chance is 1/3 (kind), 1/7 (colour), 1/2 (size). An attribute readable at the kind word but
 not at the cell never reached the picture's tokens: the backbone did not bind it, whatever
-the diffusion head can draw (docs/training.md, session 11).
+the diffusion head can draw (docs/findings.md, "Kind: read with time, not drawn").
 
 Then a word swap: one-shape prompts that differ in one word only (the kind, the colour, the
 size or the position) are drawn at temperature 0 from the same start, and the mean absolute
@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dvlm_jax import contract
 from dvlm_jax.contract import COPY_MASKED, MODALITY_IMAGE
 from dvlm_jax.data import builtin, layout, shapes
 from dvlm_jax.data import tokenizer as tok
@@ -53,7 +54,7 @@ def hidden_states(vlm: VLM, n: int, seed: int = 0) -> tuple[dict[str, np.ndarray
   rng = np.random.default_rng(seed)
   apply = jax.jit(lambda p, b: vlm.model.apply({'params': p}, b, return_hidden=True))
   sites, labels = {'cond': [], 'core@cell': [], 'core@kind_word': [], 'core@phrase_end': []}, []
-  size_px = builtin.image_size(vlm.config)
+  size_px = contract.image_side(vlm.config)
   for _ in range(0, n, BATCH):
     scenes = [shapes.sample_scene(rng, max_shapes=1) for _ in range(BATCH)]
     docs = [[builtin.GENERATION_PROMPT + shapes.caption(s), shapes.render(s, size_px)]

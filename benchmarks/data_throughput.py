@@ -36,6 +36,7 @@ from PIL import Image
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from dvlm_jax import config as cfg_lib  # noqa: E402
+from dvlm_jax import contract  # noqa: E402
 from dvlm_jax.data import decode, layout, pipeline, shapes  # noqa: E402
 from dvlm_jax.data import sentencepiece_tokenizer  # noqa: E402
 
@@ -181,7 +182,7 @@ def main(argv=None) -> int:
   sources, what = load_sources(config, args.data_dir, args.records)
   cores = os.cpu_count() or 1
   cfg = layout.LayoutConfig.from_config(config)
-  print(f'config {args.config}: {config.image.scales[-1] * config.image.patch_size}-px images, '
+  print(f'config {args.config}: {contract.image_side(config)}-px images, '
         f'scales {tuple(config.image.scales)}, patch {config.image.patch_size}, rows of '
         f'{cfg.seq_len} ({cfg.image_tokens} tokens per image), {args.batch_size} rows per batch')
   print(f'data: shapes + twemoji, {what}; machine: {cores} CPU cores, load average '

@@ -12,7 +12,7 @@ per stage (text-in, image-in, core, the out stacks, embeddings and heads):
   full row     before each stage ran on its own positions: every stage and head over
                every position, attention over the range kernel's tiles of the row
   dense        what the model computes with model.attention='xla': each stage over its
-               stream's slots (`layout.Capacities`, config data.max_*), the core over the
+               stream's slots (`contract.Capacities`, config data.max_*), the core over the
                row, attention over every (query slot, key slot) pair
   kernel       the same with the block-sparse range kernel: attention over the tiles it
                visits on each stage's stream (64 x 64 forward tiles), which XLA cannot
@@ -104,7 +104,7 @@ def main(argv=None) -> int:
   rows, length = batch['segment_ids'].shape
   blocks = ra.BlockSizes().clipped(length, length)
   useful = flops.stage_flops(config, batch)
-  whole_rows = layout.Capacities(*(length,) * 4)
+  whole_rows = contract.Capacities(*(length,) * 4)
   columns = {'useful': useful,
              'full row': flops.implemented_stage_flops(config, rows, full_row_pairs(batch, blocks),
                                                        whole_rows),

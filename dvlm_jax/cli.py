@@ -17,7 +17,7 @@ import argparse
 import sys
 from typing import Callable, Sequence
 
-from dvlm_jax import config as cfg_lib
+from dvlm_jax.errors import ConfigError
 
 EXIT_USAGE = 2
 CONFIG_HELP = 'experiments/NAME.py[:arg]'
@@ -67,5 +67,5 @@ def guarded(body: Callable[[], int | None], errors: tuple[type[BaseException], .
   """Runs body(); a ConfigError or one of `errors` becomes one line and EXIT_USAGE."""
   try:
     return body() or 0
-  except (cfg_lib.ConfigError,) + tuple(errors) as e:
+  except (ConfigError,) + tuple(errors) as e:
     return fail(str(e))

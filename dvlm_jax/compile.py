@@ -44,7 +44,7 @@ def compile_train_step(config):
   ctx = sharding.Context.from_config(config)
   model = DreamVLM(ModelConfig.from_config(config))
   optimizer = optim_lib.make_optimizer(config)
-  spec = layout.batch_spec(layout.LayoutConfig.from_config(config), config.data.batch_size)
+  spec = layout.LayoutConfig.from_config(config).batch_spec(config.data.batch_size)
   batch = {k: jax.ShapeDtypeStruct(shape, dtype, sharding=ctx.batch_sharding)
            for k, (shape, dtype) in spec.items()}
   rng = jax.random.key(config.train.seed)

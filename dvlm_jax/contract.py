@@ -23,7 +23,7 @@ model, traced) and answer in kind, through the array API: this module imports no
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 
@@ -81,3 +81,83 @@ def make_mask(q_scope, k_scope, q_end, k_index=None):
   same = (q_scope[:, :, None] == k_scope[:, None, :]) & (q_scope[:, :, None] > 0)
   visible = k_index[:, None, :] <= q_end[:, :, None]
   return same & visible
+
+
+# ------------------------------------------------------------------ row sizes and fields
+
+def image_tokens(scales: Sequence[int], dual_copy: bool) -> int:
+  """Tokens one image takes: <IMG>, <IMG_END>, and per scale a marker plus its copies."""
+  copies = 2 if dual_copy else 1
+  return 2 + sum(1 + copies * s * s for s in scales)
+
+
+class Capacities(NamedTuple):
+  """Per-row sizes of the streams each model stage runs on (static shapes under jit).
+
+  text_tokens    text-in: text positions (modality text)
+  image_tokens   image-in and the patch embedding: image positions
+  text_targets   text-out and the LM head: positions with a text target
+  image_targets  imun-out / imgen-out, patch and diffusion heads: predicting positions
+  """
+  text_tokens: int
+  image_tokens: int
+  text_targets: int
+  image_targets: int
+
+
+# The config key bounding each capacity (0 = the layout's bound, `capacities`).
+CAPACITY_KEYS = Capacities('data.max_text_tokens', 'data.max_image_tokens',
+                           'data.max_text_targets', 'data.max_image_targets')
+
+
+def capacity_bounds(seq_len: int, scales: Sequence[int], dual_copy: bool) -> Capacities:
+  """What a row can hold at most: every position text, or as many images as fit
+  (one document `<BOS> image ... image <EOS>`), each with every M_k patch a target."""
+  patches = sum(s * s for s in scales)
+  images = max(0, (seq_len - 2) // image_tokens(scales, dual_copy))
+  copies = 2 if dual_copy else 1
+  return Capacities(seq_len, images * copies * patches, seq_len - 1, images * patches)
+
+
+def capacities(seq_len: int, scales: Sequence[int], dual_copy: bool,
+               configured: Sequence[int]) -> Capacities:
+  """The per-row capacities: the configured `CAPACITY_KEYS` values (0 = the bound), at
+  most the bound."""
+  return Capacities(*(min(c, b) if c else b
+                      for c, b in zip(configured, capacity_bounds(seq_len, scales, dual_copy))))
+
+
+def configured_capacities(config) -> Capacities:
+  """The `CAPACITY_KEYS` values of a config (0 = the layout's bound)."""
+  return Capacities(*(int(config.data[key.split('.')[1]]) for key in CAPACITY_KEYS))
+
+
+def batch_spec(batch_size: int, seq_len: int, patch_dim: int,
+               imgen_residual: bool = False) -> dict[str, tuple[tuple[int, ...], Any]]:
+  """Field name -> (shape, dtype) of one packed batch: the whole contract in one place."""
+  b, l, p = batch_size, seq_len, patch_dim
+  return {
+      'tokens': ((b, l), np.int32),
+      'patches': ((b, l, p), np.float32),
+      'modality': ((b, l), np.int32),
+      'is_masked': ((b, l), np.bool_),
+      'copy': ((b, l), np.int32),
+      'scale': ((b, l), np.int32),
+      'image_id': ((b, l), np.int32),
+      'segment_ids': ((b, l), np.int32),
+      'positions': ((b, l, 3), np.float32),
+      'attn_end': ((b, l), np.int32),
+      'text_targets': ((b, l), np.int32),
+      'text_weights': ((b, l), np.float32),
+      'image_targets': ((b, l, p), np.float32),
+      'image_weights': ((b, l), np.float32),
+      # Residual diffusion targets: the base each image target is drawn over
+      # (`layout.upsampled_base`); read by the loss only.
+      **({'image_base': ((b, l, p), np.float32)} if imgen_residual else {}),
+  }
+
+
+def image_side(config) -> int:
+  """Pixels per side of a picture at the finest scale (`image.scales[-1]` patches of
+  `image.patch_size`): what the data renders and generation draws, never resampled."""
+  return int(config.image.scales[-1]) * int(config.image.patch_size)

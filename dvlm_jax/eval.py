@@ -20,7 +20,7 @@ import time
 import jax
 
 from dvlm_jax import cli
-from dvlm_jax import config as cfg_lib
+from dvlm_jax.overrides import apply_overrides
 
 
 def parse_args(argv):
@@ -40,7 +40,7 @@ def main(argv=None) -> int:
   try:
     vlm = VLM.from_workdir(args.workdir, step=args.step, ema=args.ema)
     # The model and data are those of the run: only eval.* may change.
-    cfg_lib.apply_overrides(vlm.config, overrides, only='eval.')
+    apply_overrides(vlm.config, overrides, only='eval.')
   except (FileNotFoundError, ValueError, CheckpointError) as e:   # ConfigError is a ValueError
     return cli.fail(str(e))
   start = time.perf_counter()

@@ -20,7 +20,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from dvlm_jax.config import ConfigError
+from dvlm_jax.errors import ConfigError
 
 MESH_AXES = ('data', 'fsdp', 'expert', 'tensor')
 

@@ -37,6 +37,7 @@ from typing import Any
 
 from dvlm_jax import cli
 from dvlm_jax import config as cfg_lib
+from dvlm_jax.errors import ConfigError
 
 FLOP_BATCHES = 8    # batches each variant's FLOPs per step is averaged over
 RUN_RECORD = 'run.json'
@@ -69,19 +70,19 @@ class Study:
     path, _, arg = config_spec.partition(':')
     module = cfg_lib.load_experiment(path)
     if not hasattr(module, 'get_study'):
-      raise cfg_lib.ConfigError(f'{path} declares no get_study(arg): nothing to study')
+      raise ConfigError(f'{path} declares no get_study(arg): nothing to study')
     declared = dict(module.get_study(arg or None))
     unknown = set(declared) - {'variants', 'reference', 'seeds', 'overrides', 'chart'}
     if unknown:
-      raise cfg_lib.ConfigError(f'{path}: get_study() has unknown keys {sorted(unknown)}')
+      raise ConfigError(f'{path}: get_study() has unknown keys {sorted(unknown)}')
     variants = dict(declared.get('variants') or {})
     seeds = tuple(int(s) for s in declared.get('seeds', (0,)))
     reference = declared.get('reference', next(iter(variants), None))
     if not variants or reference not in variants:
-      raise cfg_lib.ConfigError(f'{path}: get_study() needs variants and a reference among '
+      raise ConfigError(f'{path}: get_study() needs variants and a reference among '
                                 f'them, got {list(variants)} / {reference!r}')
     if not seeds or len(set(seeds)) != len(seeds):
-      raise cfg_lib.ConfigError(f'{path}: get_study() seeds must be distinct, got {seeds}')
+      raise ConfigError(f'{path}: get_study() seeds must be distinct, got {seeds}')
     overrides = tuple(f'{k}={_text(v)}' for k, v in sorted(declared.get('overrides', {}).items()))
     return cls(config_spec, variants, reference, seeds, overrides,
                tuple(declared.get('chart', ())), workdir)

@@ -8,6 +8,7 @@ checkpoint), loop. Re-running the same command in the same DIR resumes where it 
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -18,6 +19,7 @@ import numpy as np
 
 from dvlm_jax import cli
 from dvlm_jax import config as cfg_lib
+from dvlm_jax.errors import ConfigError
 from dvlm_jax import distributed, sharding
 from dvlm_jax.data import decode, layout, pipeline
 from dvlm_jax.evaluation import runner as eval_runner
@@ -68,7 +70,7 @@ def open_workdir(config, workdir: str) -> run_dir.Lock:
 def print_eval_summary(workdir: str, step: int) -> None:
   """The final evaluation as a table (metric, value, chance) and where its pictures are."""
   with open(eval_runner.record_path(workdir, step)) as f:
-    record = cfg_lib.json.load(f)
+    record = json.load(f)
   print(eval_runner.summary_table(record['metrics'], record['chance'],
                                   record.get('not_applicable')))
   for path in record['grids'].values():
@@ -91,7 +93,7 @@ def _train(config, workdir: str, main_process: bool) -> dict[str, float]:
   model = DreamVLM(ModelConfig.from_config(config))
   data = pipeline.batches_for(config)                   # this process's rows, checkpointable
   layout_cfg = layout.LayoutConfig.from_config(config)
-  batch_spec = layout.batch_spec(layout_cfg, config.data.batch_size)
+  batch_spec = layout_cfg.batch_spec(config.data.batch_size)
   batch_spec = {k: jax.ShapeDtypeStruct(shape, dtype) for k, (shape, dtype) in batch_spec.items()}
 
   optimizer = optim_lib.make_optimizer(config)
@@ -183,7 +185,7 @@ def main(argv=None) -> int:
   args, overrides = parse_args(argv)
   try:
     config = cfg_lib.load(args.config, overrides)
-  except cfg_lib.ConfigError as e:
+  except ConfigError as e:
     return cli.fail(str(e))
   distributed.initialize(config)
   start = time.perf_counter()
@@ -191,7 +193,7 @@ def main(argv=None) -> int:
     train(config, args.workdir)
   except (pipeline.DataError, decode.TooManyBadRecords, layout.CapacityError) as e:
     return fail(f'data: {e}', cli.EXIT_USAGE)
-  except (run_dir.RunDirError, checkpoints.CheckpointError, cfg_lib.ConfigError) as e:
+  except (run_dir.RunDirError, checkpoints.CheckpointError, ConfigError) as e:
     return fail(str(e), cli.EXIT_USAGE)   # ConfigError here: sharding.check's mesh / divisibility lines
   except NonFiniteError as e:
     return fail(str(e), 3)

@@ -3,14 +3,15 @@
   python -m dvlm_jax.train --config experiments/base.py --workdir runs/base
   python -m dvlm_jax.train --config experiments/base.py:no_out_blocks --workdir runs/base_noout
 
-The optional argument names one ablation from `dvlm_jax.config.ABLATIONS`.
+The optional argument names one ablation from `dvlm_jax.variants.ABLATIONS`.
 """
 
 from dvlm_jax import config as cfg_lib
+from dvlm_jax import variants
 
 
 def get_config(arg=None):
-  c = cfg_lib.apply_size(cfg_lib.defaults(), 'base')
+  c = variants.apply_size(cfg_lib.defaults(), 'base')
   c.diffusion.width = 1024
   c.diffusion.depth = 3
   c.image.patch_size = 16
@@ -27,5 +28,5 @@ def get_config(arg=None):
   c.train.steps = 100_000
   c.train.log_every = 50
   if arg:
-    cfg_lib.apply_ablation(c, arg)
+    variants.apply_ablation(c, arg)
   return c

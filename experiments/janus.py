@@ -6,7 +6,7 @@ no masked image modelling, next-patch generation through the diffusion head.
 
 The argument names the size (tiny | small | base | b1; default small) and picks the
 data, diffusion and optimiser settings of the dream experiment of that size, so the
-two are directly comparable: the same per-token depth (`config.janus_like`) and, by a
+two are directly comparable: the same per-token depth (`variants.janus_like`) and, by a
 wider MLP in the shared stack, the same parameter count within 5 % (the dream model's
 modality blocks hold parameters that a shared stack of the same depth does not have).
 """
@@ -14,6 +14,8 @@ modality blocks hold parameters that a shared stack of the same depth does not h
 import os
 
 from dvlm_jax import config as cfg_lib
+from dvlm_jax.errors import ConfigError
+from dvlm_jax import variants
 
 # The matched MLP width is the coarsest of these multiples (tile- and shard-friendly) that
 # lands within TOLERANCE of the dream model's parameter count.
@@ -23,11 +25,11 @@ TOLERANCE = 0.025
 
 def get_config(arg=None):
   size = arg or 'small'
-  if size not in cfg_lib.SIZES:
-    raise cfg_lib.ConfigError(f"janus.py: unknown size {size!r}; choose one of {sorted(cfg_lib.SIZES)}")
+  if size not in variants.SIZES:
+    raise ConfigError(f"janus.py: unknown size {size!r}; choose one of {sorted(variants.SIZES)}")
   path = os.path.join(os.path.dirname(__file__), f'{size}.py')
   dream = cfg_lib.load_experiment(path).get_config()
-  c = cfg_lib.janus_like(cfg_lib.ConfigDict(dream.to_dict()))
+  c = variants.janus_like(cfg_lib.ConfigDict(dream.to_dict()))
   c.model.mlp_dim = matched_mlp_dim(c, dream)
   return c
 

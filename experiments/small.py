@@ -1,7 +1,7 @@
 """Small dream VLM, the CPU demo that `make train` runs (30-px shapes pictures at 2 scales).
 
-The demo's recipe (each part measured against the previous demo on the same budget and
-seed, docs/training.md): the one-shape shapes world (`shapes_single`: every attribute of
+The demo's recipe (each part measured by an A/B run on the same budget and
+seed, docs/findings.md): the one-shape shapes world (`shapes_single`: every attribute of
 a shape still varies, but a picture holds one, so that kind, the attribute learnt last, is
 read and drawn within the budget); scales 3 and 6 of 5-px patches, so the
 coarsest scale is the world's 3 x 3 grid and an image takes 94 tokens instead of 173;
@@ -30,18 +30,19 @@ The tokenizer was trained on the built shapes set's captions (deterministic):
   python -m dvlm_jax.train --config experiments/small.py --workdir runs/small
   python -m dvlm_jax.train --config experiments/small.py:single_copy --workdir runs/small_1copy
 
-The optional argument names one ablation from `dvlm_jax.config.ABLATIONS`.
+The optional argument names one ablation from `dvlm_jax.variants.ABLATIONS`.
 """
 
 import os
 
 from dvlm_jax import config as cfg_lib
+from dvlm_jax import variants
 
 TOKENIZER = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'assets', 'shapes_bpe.model')
 
 
 def get_config(arg=None):
-  c = cfg_lib.apply_size(cfg_lib.defaults(), 'small')
+  c = variants.apply_size(cfg_lib.defaults(), 'small')
   c.diffusion.width = 128
   c.diffusion.depth = 2
   c.diffusion.noise_samples = 4  # MAR's: 4 noise draws per image target, no measurable cost here
@@ -83,14 +84,14 @@ def get_config(arg=None):
   c.optim.lr = 2e-3
   c.model.remat = 'dots'        # recompute attention scores: faster on CPU, less memory
   c.optim.warmup_steps = 60
-  c.train.steps = 1500          # make train stays under 15 min on 2 cores (docs/training.md)
+  c.train.steps = 1500          # make train stays under 15 min on 2 cores (docs/findings.md)
   c.train.log_every = 25
   c.eval.evaluators = ('text_perplexity', 'masked_patch_psnr', 'shapes', 'inpainting')
   c.eval.num_examples = 32
   c.eval.max_new_tokens = 16     # a caption is at most 9 tokens
   c.eval.cfg_scale = 1.5         # 3 washes this head's colours out to white
   if arg:
-    cfg_lib.apply_ablation(c, arg)
+    variants.apply_ablation(c, arg)
   return c
 
 
@@ -104,9 +105,9 @@ def get_study(arg=None):
   """
   del arg
   here = os.path.abspath(__file__)
-  variants = {'dream': here, **{name: f'{here}:{name}' for name in sorted(cfg_lib.ABLATIONS)},
-              'janus': os.path.join(os.path.dirname(here), 'janus.py') + ':small'}
-  return {'variants': variants, 'reference': 'dream', 'seeds': (0, 1),
+  arms = {'dream': here, **{name: f'{here}:{name}' for name in sorted(variants.ABLATIONS)},
+          'janus': os.path.join(os.path.dirname(here), 'janus.py') + ':small'}
+  return {'variants': arms, 'reference': 'dream', 'seeds': (0, 1),
           'overrides': {'train.steps': 300, 'eval.num_examples': 32,
                         'eval.evaluators': ('text_perplexity', 'masked_patch_psnr', 'shapes',
                                             'inpainting', 'surprisal')},
@@ -121,4 +122,4 @@ def get_sweep(arg=None):
     python launch/sweep.py --config experiments/small.py --workdir runs/ablations --run
   """
   del arg
-  return [{}] + [{'arg': name} for name in sorted(cfg_lib.ABLATIONS)]
+  return [{}] + [{'arg': name} for name in sorted(variants.ABLATIONS)]

@@ -3,16 +3,17 @@
   python -m dvlm_jax.train --config experiments/tiny.py --workdir runs/tiny
   python -m dvlm_jax.train --config experiments/tiny.py:causal_images --workdir runs/tiny_causal
 
-The optional argument names one ablation from `dvlm_jax.config.ABLATIONS`.
+The optional argument names one ablation from `dvlm_jax.variants.ABLATIONS`.
 """
 
 import os
 
 from dvlm_jax import config as cfg_lib
+from dvlm_jax import variants
 
 
 def get_config(arg=None):
-  c = cfg_lib.apply_size(cfg_lib.defaults(), 'tiny')
+  c = variants.apply_size(cfg_lib.defaults(), 'tiny')
   c.diffusion.width = 64
   c.diffusion.depth = 2
   c.diffusion.sample_steps = 8
@@ -26,7 +27,7 @@ def get_config(arg=None):
   c.train.log_every = 10
   c.eval.at_end = False          # tests evaluate explicitly; keeps every tiny run fast
   if arg:
-    cfg_lib.apply_ablation(c, arg)
+    variants.apply_ablation(c, arg)
   return c
 
 
@@ -48,4 +49,4 @@ def get_sweep(arg=None):
     python launch/sweep.py --config experiments/tiny.py --workdir runs/tiny_sweep
   """
   del arg
-  return cfg_lib.product(optim__lr=[1e-3, 3e-3], model__core_layers=[1, 2])
+  return variants.product(optim__lr=[1e-3, 3e-3], model__core_layers=[1, 2])

@@ -19,6 +19,7 @@ import sys
 
 from dvlm_jax import cli
 from dvlm_jax import config as cfg_lib
+from dvlm_jax.errors import ConfigError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,7 +52,7 @@ def expand(config_spec: str, workdir: str) -> list[Run]:
   path, _, arg = config_spec.partition(':')
   module = cfg_lib.load_experiment(path)
   if not hasattr(module, 'get_sweep'):
-    raise cfg_lib.ConfigError(f'{path} declares no get_sweep(arg): nothing to sweep')
+    raise ConfigError(f'{path} declares no get_sweep(arg): nothing to sweep')
   runs = []
   for point in module.get_sweep(arg or None):
     point = dict(point)
@@ -62,7 +63,7 @@ def expand(config_spec: str, workdir: str) -> list[Run]:
                     f'{workdir.rstrip("/")}/{name}'))
   names = [r.name for r in runs]
   if len(set(names)) != len(names):
-    raise cfg_lib.ConfigError(f'the sweep of {path} has duplicate points: {names}')
+    raise ConfigError(f'the sweep of {path} has duplicate points: {names}')
   return runs
 
 

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 from dvlm_jax import config as cfg_lib
+from dvlm_jax.validation import validate
 from dvlm_jax.data import layout, tokenizer
 from dvlm_jax.model.dvlm import DreamVLM
 from dvlm_jax.model.layers import ModelConfig
@@ -38,7 +39,7 @@ def tiny_config(arg=None, **overrides):
   for key, value in overrides.items():
     section, leaf = key.split('__')
     c[section][leaf] = value
-  cfg_lib.validate(c)
+  validate(c)
   return c
 
 

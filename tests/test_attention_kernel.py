@@ -17,8 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dvlm_jax import config as cfg_lib
 from dvlm_jax import contract
+from dvlm_jax.errors import ConfigError
 from dvlm_jax.data import layout
 from dvlm_jax.data import tokenizer as tk
 from dvlm_jax.model import attention
@@ -423,7 +423,7 @@ def test_attend_dispatch(caplog):
 def test_config_accepts_the_kernels():
   for impl in attention.IMPLEMENTATIONS:
     tiny_config(model__attention=impl)
-  with pytest.raises(cfg_lib.ConfigError, match='model.attention'):
+  with pytest.raises(ConfigError, match='model.attention'):
     tiny_config(model__attention='cudnn')
 
 

@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 
 from dvlm_jax import config as config_lib
+from dvlm_jax.validation import validate
 from dvlm_jax import contract
 from dvlm_jax.data import builtin
 from dvlm_jax.data import inspect as inspect_cli
@@ -46,7 +47,7 @@ def small_config():
   c.data.batch_size = 2
   c.image.patch_size = 4
   c.image.scales = (2, 4)
-  config_lib.validate(c)
+  validate(c)
   return c
 
 
@@ -209,7 +210,7 @@ def test_builtin_scenes_is_a_fixed_world_shared_with_the_held_out_probes():
 @pytest.mark.parametrize('config', contract_configs())
 def test_batches_yield_the_contract(config):
   cfg = layout.LayoutConfig.from_config(config)
-  spec = layout.batch_spec(cfg, config.data.batch_size)
+  spec = cfg.batch_spec(config.data.batch_size)
   stream = pipeline.batches_for(config, process_index=0, process_count=1)
   for _ in range(4):
     batch = next(stream)
@@ -264,7 +265,7 @@ def test_patches_reassemble_into_the_rendered_image():
   config.image.caption_dropout = 0.0
   cfg = layout.LayoutConfig.from_config(config)
   scene = shapes.Scene((shapes.Shape('square', 'yellow', 'large', 'top', 'right'),))
-  image = shapes.render(scene, builtin.image_size(config))
+  image = shapes.render(scene, contract.image_side(config))
   doc = layout.encode_document([image, shapes.caption(scene)], cfg,
                                tk.ByteTokenizer(), np.random.default_rng(0))
   sel = (doc['copy'] == 2) & (doc['scale'] == len(cfg.scales))
@@ -280,7 +281,7 @@ def test_inspect_cli_writes_npz_and_png(small_experiment, tmp_path, capsys):
                          '--row', '1'])
   assert rc == 0
   with np.load(out) as saved:
-    spec = layout.batch_spec(layout.LayoutConfig.from_config(small_config()), 3)
+    spec = layout.LayoutConfig.from_config(small_config()).batch_spec(3)
     assert set(saved.files) == set(spec)
     assert saved['tokens'].shape == (3, 320)
   picture = Image.open(png)

@@ -6,6 +6,7 @@ import os
 import pytest
 
 from dvlm_jax import config as cfg_lib
+from dvlm_jax.errors import ConfigError
 from dvlm_jax.model.dvlm import param_count
 from tests.conftest import ROOT
 
@@ -80,18 +81,18 @@ def test_overrides_are_typed():
     ('eval.mask_ratio=0.3', "eval.mask_ratio"),   # the evaluator's own key is in its section
 ])
 def test_bad_config_fails_at_start_naming_the_key(override, named):
-  with pytest.raises(cfg_lib.ConfigError) as e:
+  with pytest.raises(ConfigError) as e:
     cfg_lib.load(TINY, [override])
   assert named in str(e.value)
 
 
 def test_unknown_key_suggests_the_close_one():
-  with pytest.raises(cfg_lib.ConfigError, match="did you mean 'model.core_layers'"):
+  with pytest.raises(ConfigError, match="did you mean 'model.core_layers'"):
     cfg_lib.load(TINY, ['model.core_layerz=3'])
 
 
 def test_missing_experiment_and_bad_arg():
-  with pytest.raises(cfg_lib.ConfigError, match='no such experiment'):
+  with pytest.raises(ConfigError, match='no such experiment'):
     cfg_lib.load('experiments/nope.py')
-  with pytest.raises(cfg_lib.ConfigError, match='unknown ablation'):
+  with pytest.raises(ConfigError, match='unknown ablation'):
     cfg_lib.load(TINY + ':no_such_switch')

@@ -18,6 +18,8 @@ import pytest
 from PIL import Image, ImageFilter
 
 from dvlm_jax import config as cfg_lib
+from dvlm_jax.errors import ConfigError
+from dvlm_jax import variants
 from dvlm_jax import evaluation
 from dvlm_jax.data import shapes, splits
 from dvlm_jax.evaluation import detector, grid, heldout, runner, shapes_eval, surprisal
@@ -207,7 +209,7 @@ def test_eval_config_is_validated():
                               ('num_examples', '0', 'int >= 1'),
                               ('temperature', '-1', 'must be >= 0'),
                               ('split', 'train', 'validation | test')):
-    with pytest.raises(cfg_lib.ConfigError, match=f"eval.{key}'.*{re.escape(message)}"):
+    with pytest.raises(ConfigError, match=f"eval.{key}'.*{re.escape(message)}"):
       cfg_lib.load(TINY, [f'eval.{key}={value}'])
 
 
@@ -245,7 +247,7 @@ def test_what_a_variant_cannot_do_is_recorded_as_not_applicable(tmp_path):
       (tiny_config('no_masked_modelling'), ('masked_patch_psnr',), {'masked_patch_psnr'}),
       # The baseline generates and inpaints patch by patch: only the imun metric and the
       # re-drawing of whole scales are n/a.
-      (cfg_lib.janus_like(tiny_config()), ('masked_patch_psnr', 'inpainting', 'shapes'),
+      (variants.janus_like(tiny_config()), ('masked_patch_psnr', 'inpainting', 'shapes'),
        {'masked_patch_psnr', 'shapes/generation_sc'}),
       (tiny_config(), ('shapes',), set())]
   for config, evaluators, expected in cases:
@@ -289,7 +291,7 @@ def _training_time_evaluation(workdir):
   from dvlm_jax.training import step as step_lib
   config = loading.read_config(workdir)
   ctx = sharding.Context.from_config(config)
-  spec = layout.batch_spec(layout.LayoutConfig.from_config(config), config.data.batch_size)
+  spec = layout.LayoutConfig.from_config(config).batch_spec(config.data.batch_size)
   spec = {k: jax.ShapeDtypeStruct(shape, dtype) for k, (shape, dtype) in spec.items()}
   abstract, _ = step_lib.abstract_state(
       loading.build_model(config), optim_lib.make_optimizer(config), spec,
@@ -385,6 +387,38 @@ def test_command_reproduces_the_training_time_numbers(run_dir):
   tensorboard = os.path.join(run_dir, 'tensorboard')
   events = b''.join(open(os.path.join(tensorboard, f), 'rb').read() for f in os.listdir(tensorboard))
   assert b'eval/shapes/caption/kind' in events and b'eval/recon/psnr/scale_2' in events
+
+
+def _tensorboard_images(tensorboard_dir):
+  """{(tag, step): decoded picture} of every image summary in the event files of a directory."""
+  import io
+  import struct
+  from tensorboardX.proto import event_pb2
+  images = {}
+  for name in sorted(os.listdir(tensorboard_dir)):
+    with open(os.path.join(tensorboard_dir, name), 'rb') as f:
+      data = f.read()
+    offset = 0
+    while offset < len(data):   # TFRecord: u64 length, u32 crc, payload, u32 crc
+      (length,) = struct.unpack('<Q', data[offset:offset + 8])
+      event = event_pb2.Event.FromString(data[offset + 12:offset + 12 + length])
+      offset += 16 + length
+      for value in event.summary.value:
+        if value.HasField('image'):
+          images[value.tag, event.step] = np.asarray(
+              Image.open(io.BytesIO(value.image.encoded_image_string)))
+  return images
+
+
+def test_training_evaluation_shows_its_grids_in_tensorboard(run_dir):
+  """The evaluation during training writes each grid as a TensorBoard image at its step,
+  the same picture as its PNG."""
+  images = _tensorboard_images(os.path.join(run_dir, 'tensorboard'))
+  record = _record(run_dir, f'{STEP}.training.json')
+  assert {'shapes_captions', 'shapes_generation', 'glyphs_captions'} <= set(record['grids'])
+  for name, path in record['grids'].items():
+    picture = images[f'eval/{name}', STEP]
+    np.testing.assert_array_equal(picture[..., :3], np.asarray(Image.open(path))[..., :3])
 
 
 def test_command_rejects_model_overrides_and_missing_steps(run_dir, capsys):

@@ -19,7 +19,8 @@ import pytest
 from PIL import Image
 
 from dvlm_jax.data import layout, tokenizer as tok
-from dvlm_jax.inference import images as images_lib
+from dvlm_jax.inference import generation
+from dvlm_jax.inference import inpainting
 from dvlm_jax.inference import sequence, text as text_lib
 from dvlm_jax.inference.api import VLM
 from dvlm_jax import generate
@@ -183,7 +184,7 @@ def test_text_api_batches_and_seeds(vlm):
 # ------------------------------------------------------------------------- generation
 
 def test_k_plus_one_passes_equal_the_cache_free_reference(vlm):
-  opts = images_lib.GenerationOptions(cfg_scale=3.0, temperature=1.0, cfg_schedule='linear',
+  opts = generation.GenerationOptions(cfg_scale=3.0, temperature=1.0, cfg_schedule='linear',
                                       steps=4, seed=5)
   fast = vlm._images.text_to_image(vlm.params, PROMPTS, opts, 'draw: ')
   slow = vlm._images.text_to_image(vlm.params, PROMPTS, opts, 'draw: ', reference=True)
@@ -213,12 +214,12 @@ def test_next_patch_generation_over_the_cache_equals_the_reference():
   """The Janus-like baseline draws patch by patch, each fed as a one-token chunk over the
   KV cache: the same patches as a full forward pass per patch; inpainting keeps every
   unmasked pixel."""
-  from dvlm_jax import config as cfg_lib
+  from dvlm_jax import variants
   from tests.conftest import build, image_batch, tiny_config
-  config = cfg_lib.janus_like(tiny_config())
+  config = variants.janus_like(tiny_config())
   _, params = build(config, image_batch(config))
   vlm = VLM.from_params(config, _perturbed(params))
-  opts = images_lib.GenerationOptions(temperature=1.0, cfg_scale=3.0, steps=2, seed=5)
+  opts = generation.GenerationOptions(temperature=1.0, cfg_scale=3.0, steps=2, seed=5)
   fast = vlm._images.text_to_image(vlm.params, PROMPTS, opts, 'draw: ')
   slow = vlm._images.text_to_image(vlm.params, PROMPTS, opts, 'draw: ', reference=True)
   assert len(vlm.layout.scales) == 1 and len(fast[0].patches) == 1
@@ -249,9 +250,9 @@ def test_a_residual_head_draws_over_the_coarser_scale(trained, target):
   item = sequence.image_item(random_image(3, 30, 30), cfg,
                              [np.arange(s * s) < 0 if k == 0 else np.ones(s * s, bool)
                               for k, s in enumerate(cfg.scales)])
-  opts = images_lib.GenerationOptions(cfg_scale=1.0, steps=2, temperature=0.0)
+  opts = generation.GenerationOptions(cfg_scale=1.0, steps=2, temperature=0.0)
   out = vlm._images.generate(params, [['draw: x', item]],
-                             [images_lib.Canvas(item.patches, item.masks)], opts)[0]
+                             [generation.Canvas(item.patches, item.masks)], opts)[0]
   np.testing.assert_array_equal(out.patches[0], item.patches[0])
   for k in range(1, len(cfg.scales)):
     want = (np.clip(layout.upsample(out.patches[k - 1], cfg.patch_size, cfg.scales[k]), -1, 1)
@@ -267,11 +268,11 @@ def test_flat_patches_are_not_surprising():
   flat = np.full((2, 3, 12), 0.4, np.float32) + 1e-4 * rng.normal(size=(2, 3, 12))
   textured = rng.uniform(-1, 1, (2, 3, 12)).astype(np.float32)
   where = np.ones((2, 3), bool)
-  surprise = lambda x, norm: np.asarray(images_lib.pixel_surprise(pred, x, where, norm))
+  surprise = lambda x, norm: np.asarray(generation.pixel_surprise(pred, x, where, norm))
   assert surprise(flat, True).max() < 1e-5 < 0.1 < surprise(textured, True).min()
   # In pixels: a prediction right up to the mean and spread the sample lends it is exact.
   exact = (textured - textured.mean(-1, keepdims=True)) / textured.std(-1, keepdims=True)
-  assert np.asarray(images_lib.pixel_surprise(exact, textured, where, True)).max() < 1e-4
+  assert np.asarray(generation.pixel_surprise(exact, textured, where, True)).max() < 1e-4
   assert surprise(textured, False).min() > 0.1
 
 
@@ -285,13 +286,13 @@ def _expected(surprises, threshold, max_tries):
 
 def test_self_correction_resamples_exactly_past_the_threshold(vlm, monkeypatch):
   draws = []
-  original = images_lib._draw
+  original = generation._draw
 
   def spy(*args, **kwargs):
     x, s = original(*args, **kwargs)
     draws.append(np.asarray(s))
     return x, s
-  monkeypatch.setattr(images_lib, '_draw', spy)
+  monkeypatch.setattr(generation, '_draw', spy)
   kw = dict(cfg_scale=2.0, steps=4, seed=9, self_correct=True, surprise='pixel')
 
   always = vlm.generate_images(PROMPTS, threshold=-1.0, max_tries=3, **kw)
@@ -325,7 +326,7 @@ def test_activation_surprise_over_the_cache_equals_the_reference_and_calibrates(
   try is looked at over the KV cache (only the head re-draws); the full forward pass per
   try gives the same surprises, tries and samples. Calibration: per scale a percentile of
   real pictures' surprise."""
-  opts = images_lib.GenerationOptions(cfg_scale=2.0, temperature=1.0, steps=2, seed=3,
+  opts = generation.GenerationOptions(cfg_scale=2.0, temperature=1.0, steps=2, seed=3,
                                       self_correct=True, surprise='activation', threshold=-1.0,
                                       max_tries=2)
   fast = vlm._images.text_to_image(vlm.params, PROMPTS, opts, 'draw: ')
@@ -354,21 +355,21 @@ def test_inpainting_keeps_unmasked_pixels_bit_identical(vlm):
   mask2 = np.zeros((30, 30), bool)
   mask2[0, 0] = True                       # one pixel: one patch per scale
   images, masks = [image, random_image(5, 30, 30)], [mask, mask2]
-  opts = images_lib.GenerationOptions(temperature=1.0, cfg_scale=2.0, steps=4, seed=1)
-  out, gen = vlm._images.inpaint(vlm.params, images, masks, ['a star', 'x'], opts, 'draw: ')
+  opts = generation.GenerationOptions(temperature=1.0, cfg_scale=2.0, steps=4, seed=1)
+  out, gen = inpainting.inpaint(vlm._images, vlm.params, images, masks, ['a star', 'x'], opts, 'draw: ')
   for img, m, o in zip(images, masks, out):
     assert o.shape == img.shape and o.dtype == np.uint8
     np.testing.assert_array_equal(o[~m], img[~m])
   assert np.mean(out[0][mask] != image[mask]) > 0.5      # the masked region was regenerated
   cfg = vlm.layout
   for m, img, g in zip(masks, images, gen):
-    cells = images_lib.patch_masks(m, cfg)
+    cells = inpainting.patch_masks(m, cfg)
     given = layout.resize_to_scales(img, cfg)
     for k in range(len(cfg.scales)):
       # Unmasked patches of U_k are the given image at that scale; masked ones were sampled.
       np.testing.assert_array_equal(g.patches[k][~cells[k]], given[k][~cells[k]])
       assert np.abs(g.patches[k][cells[k]] - given[k][cells[k]]).max() > 1e-3
-  assert [c.sum() for c in images_lib.patch_masks(mask2, cfg)] == [1] * len(cfg.scales)
+  assert [c.sum() for c in inpainting.patch_masks(mask2, cfg)] == [1] * len(cfg.scales)
   api = vlm.inpaint(images, masks, ['a star', 'x'], cfg_scale=2.0, steps=4, seed=1)
   np.testing.assert_array_equal(api[0], out[0])
   with pytest.raises(ValueError, match='must match'):
@@ -383,7 +384,7 @@ def test_patch_masks_cover_every_masked_pixel():
     m = np.zeros((h, w), bool)
     y, x = rng.integers(0, h), rng.integers(0, w)
     m[y, x] = True
-    for s, cells in zip(cfg.scales, images_lib.patch_masks(m, cfg)):
+    for s, cells in zip(cfg.scales, inpainting.patch_masks(m, cfg)):
       hit = np.flatnonzero(cells)
       assert 1 <= hit.size <= 4
       assert (int(y * s // h) * s + int(x * s // w)) in hit
@@ -411,7 +412,7 @@ def test_single_copy_models_cannot_lose_the_sample(vlm):
   config.image.dual_copy = False
   single = VLM.from_params(config, vlm.params)   # the parameters do not depend on the copies
   assert single.layout.image_tokens < vlm.layout.image_tokens
-  opts = images_lib.GenerationOptions(temperature=1.0, cfg_scale=1.0, steps=2, seed=0)
+  opts = generation.GenerationOptions(temperature=1.0, cfg_scale=1.0, steps=2, seed=0)
   fast = single._images.text_to_image(single.params, PROMPTS[:1], opts, 'draw: ')
   slow = single._images.text_to_image(single.params, PROMPTS[:1], opts, 'draw: ', reference=True)
   for a, b in zip(fast[0].patches, slow[0].patches):

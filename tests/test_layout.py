@@ -312,8 +312,8 @@ def test_masking_and_image_targets(shift, dual):
 def test_residual_targets_carry_the_coarser_scale_upsampled(shift):
   cfg = make_cfg(seq_len=256, target_shift=shift, share_unmasked=0.0, share_fully_masked=1.0,
                  imgen_residual=True)
-  assert 'image_base' in layout.batch_spec(cfg, 1)
-  assert 'image_base' not in layout.batch_spec(dataclasses.replace(cfg, imgen_residual=False), 1)
+  assert 'image_base' in cfg.batch_spec(1)
+  assert 'image_base' not in dataclasses.replace(cfg, imgen_residual=False).batch_spec(1)
   b = {k: v[0] for k, v in image_doc_batch(cfg, n_images=1).items()}
   rng = np.random.default_rng(0)
   scales = layout.resize_to_scales(rng.integers(0, 256, (13, 9, 3), dtype=np.uint8), cfg)
@@ -545,7 +545,7 @@ def test_long_text_truncated_big_image_skipped():
 def test_rows_stay_within_capacities_and_batches_past_them_are_named():
   # 2 scales: an image is 14 tokens (10 image tokens, up to 5 targets); 5 fit a row of 80.
   cfg = make_cfg(seq_len=80, scales=(1, 2), share_unmasked=0.0, share_fully_masked=1.0)
-  assert cfg.capacity_bounds() == layout.Capacities(80, 50, 79, 25)
+  assert cfg.capacity_bounds() == contract.Capacities(80, 50, 79, 25)
   tight = layout.LayoutConfig(**{**cfg.__dict__, 'max_text_tokens': 40,
                                  'max_image_targets': 5})
   rng = np.random.default_rng(0)

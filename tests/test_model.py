@@ -8,6 +8,9 @@ import numpy as np
 import pytest
 
 from dvlm_jax import config as cfg_lib
+from dvlm_jax.errors import ConfigError
+from dvlm_jax.validation import validate
+from dvlm_jax import variants
 from dvlm_jax import contract
 from dvlm_jax.data import layout
 from dvlm_jax.training import losses, optimizer as optim_lib, step as step_lib
@@ -138,7 +141,7 @@ def test_text_in_ignores_images_and_image_in_ignores_text(setup):
   assert np.max(np.abs(base['hidden/image_in'][is_img] - out['hidden/image_in'][is_img])) < 1e-6
 
 
-VARIANTS = [None, 'janus', 'moe', 'demo'] + sorted(cfg_lib.ABLATIONS)
+VARIANTS = [None, 'janus', 'moe', 'demo'] + sorted(variants.ABLATIONS)
 # The tiny model with 4 experts (top-2) in each core layer, groups of 64 of its 256 positions.
 MOE = dict(model__moe_experts=4, model__moe_top_k=2, model__moe_group_size=64)
 
@@ -191,7 +194,7 @@ def reference_losses(model, params, batch, rng, cfg, ref):
 def tight_capacities(config, batch):
   """The config with each per-row capacity at the batch's own largest count."""
   config = cfg_lib.ConfigDict(config)
-  for key, count in zip(layout.CAPACITY_KEYS, layout.row_counts(batch).max(axis=0)):
+  for key, count in zip(contract.CAPACITY_KEYS, layout.row_counts(batch).max(axis=0)):
     config.data[key.split('.')[1]] = max(int(count), 1)
   return config
 
@@ -199,8 +202,8 @@ def tight_capacities(config, batch):
 @pytest.mark.parametrize('variant', VARIANTS)
 def test_variant_builds_with_finite_loss_and_grads(variant):
   if variant == 'janus':
-    config = cfg_lib.janus_like(tiny_config())
-    cfg_lib.validate(config)
+    config = variants.janus_like(tiny_config())
+    validate(config)
   elif variant == 'moe':
     config = tiny_config(**MOE)
   elif variant == 'demo':   # the switches of the make-train recipe (experiments/small.py)
@@ -407,7 +410,7 @@ def test_moe_config_errors_name_their_key_and_flops_count_top_k_experts():
   for overrides, key in [(dict(model__moe_top_k=5), 'model.moe_top_k'),
                          (dict(model__moe_group_size=48), 'model.moe_group_size'),
                          (dict(model__moe_capacity_factor=0.0), 'model.moe_capacity_factor')]:
-    with pytest.raises(cfg_lib.ConfigError, match=key):
+    with pytest.raises(ConfigError, match=key):
       tiny_config(**{**MOE, **overrides})
   config = tiny_config(**MOE, mesh__expert=3, mesh__fsdp=1)
   with pytest.raises(ValueError, match='mesh.expert'):

@@ -15,6 +15,10 @@ import pytest
 from PIL import Image
 
 from dvlm_jax import config as cfg_lib
+from dvlm_jax.errors import ConfigError
+from dvlm_jax.data.mixture import parse_mixture
+from dvlm_jax.overrides import set_key
+from dvlm_jax.validation import validate
 from dvlm_jax import contract
 from dvlm_jax.data import build
 from dvlm_jax.data import builtin
@@ -35,7 +39,7 @@ def make_config(**data):
   c.data.mixture = (('a', 1.0), ('b', 1.0))
   for key, value in data.items():
     c.data[key] = value
-  cfg_lib.validate(c)
+  validate(c)
   return c
 
 
@@ -310,7 +314,7 @@ def assert_same(batches_a, batches_b):
 def test_batches_match_the_contract_exactly():
   config = make_config()
   it = pipeline.batches_for(config, process_index=0, process_count=1, sources=sources())
-  spec = layout.batch_spec(layout.LayoutConfig.from_config(config), 4)
+  spec = layout.LayoutConfig.from_config(config).batch_spec(4)
   for batch in take(it, 3):
     assert set(batch) == set(spec)
     for name, (shape, dtype) in spec.items():
@@ -421,24 +425,24 @@ def test_builtin_source_is_checkpointable_and_sliced():
   again = pipeline.batches_for(config, process_index=1, process_count=2)
   again.set_state(state)
   assert_same(take(again, 2), expected)
-  with pytest.raises(cfg_lib.ConfigError, match="data.source"):
+  with pytest.raises(ConfigError, match="data.source"):
     make_config(source='files')
 
 
 def test_mixture_settings():
-  assert cfg_lib.parse_mixture((('a', 1.0), ('b', 2))) == (('a', 1.0), ('b', 2.0))
-  assert cfg_lib.parse_mixture(('a:3', 'b')) == (('a', 3.0), ('b', 1.0))
-  assert cfg_lib.parse_mixture('a:1,b:0.5') == (('a', 1.0), ('b', 0.5))
+  assert parse_mixture((('a', 1.0), ('b', 2))) == (('a', 1.0), ('b', 2.0))
+  assert parse_mixture(('a:3', 'b')) == (('a', 3.0), ('b', 1.0))
+  assert parse_mixture('a:1,b:0.5') == (('a', 1.0), ('b', 0.5))
   for bad in ((), (('a', 0.0),), (('a', 1.0), ('a', 2.0)), ((1, 2),)):
-    with pytest.raises(cfg_lib.ConfigError, match='data.mixture'):
-      cfg_lib.parse_mixture(bad)
+    with pytest.raises(ConfigError, match='data.mixture'):
+      parse_mixture(bad)
   # The command-line form of the config key; a bad one fails with the config's check.
   config = make_config()
-  cfg_lib.set_key(config, 'data.mixture', "'a:2','b:1'")
-  assert cfg_lib.parse_mixture(config.data.mixture) == (('a', 2.0), ('b', 1.0))
-  cfg_lib.set_key(config, 'data.mixture', "'a:0'")
-  with pytest.raises(cfg_lib.ConfigError, match='data.mixture'):
-    cfg_lib.validate(config)
+  set_key(config, 'data.mixture', "'a:2','b:1'")
+  assert parse_mixture(config.data.mixture) == (('a', 2.0), ('b', 1.0))
+  set_key(config, 'data.mixture', "'a:0'")
+  with pytest.raises(ConfigError, match='data.mixture'):
+    validate(config)
   with pytest.raises(pipeline.DataError, match='only'):
     pipeline.batches_for(make_config(mixture=(('c', 1.0),)), process_index=0, process_count=1,
                            sources=sources())
@@ -492,7 +496,7 @@ def test_built_data_sets_through_batches_for(tmp_path):
   build.build_dataset('twemoji', data_dir, limit=24)
   config = make_config(data_dir=data_dir, mixture=(('shapes', 1.0), ('twemoji', 1.0)))
   it = pipeline.batches_for(config, process_index=0, process_count=1)
-  spec = layout.batch_spec(layout.LayoutConfig.from_config(config), 4)
+  spec = layout.LayoutConfig.from_config(config).batch_spec(4)
   batches = take(it, 4)
   for batch in batches:
     assert {k: (v.shape, v.dtype) for k, v in batch.items()} == {

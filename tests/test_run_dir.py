@@ -16,6 +16,8 @@ import sys
 import pytest
 
 from dvlm_jax import config as cfg_lib
+from dvlm_jax.errors import ConfigError
+from dvlm_jax.overrides import set_key
 from dvlm_jax.data import pipeline
 from dvlm_jax.training import run_dir
 from tests.conftest import ROOT
@@ -175,15 +177,15 @@ def test_tuple_overrides_take_the_forms_people_type():
   config = cfg_lib.load(TINY)
   for text, want in [('shapes', ('shapes',)), ('shapes,inpainting', ('shapes', 'inpainting')),
                      ("'shapes','inpainting'", ('shapes', 'inpainting'))]:
-    cfg_lib.set_key(config, 'eval.evaluators', text)
+    set_key(config, 'eval.evaluators', text)
     assert config.eval.evaluators == want
   for text in ('shapes:1,twemoji:2', "'shapes:1','twemoji:2'"):
-    cfg_lib.set_key(config, 'data.mixture', text)
+    set_key(config, 'data.mixture', text)
     assert config.data.mixture == (('shapes', 1.0), ('twemoji', 2.0))
-  cfg_lib.set_key(config, 'data.mixture', 'shapes')
+  set_key(config, 'data.mixture', 'shapes')
   assert config.data.mixture == (('shapes', 1.0),)
-  with pytest.raises(cfg_lib.ConfigError, match="--config.KEY=a,b"):
-    cfg_lib.set_key(config, 'data.mixture', 'shapes:x')
+  with pytest.raises(ConfigError, match="--config.KEY=a,b"):
+    set_key(config, 'data.mixture', 'shapes:x')
 
 
 def test_a_mixture_typo_suggests_a_builder_that_exists(tmp_path):

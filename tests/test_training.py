@@ -12,6 +12,7 @@ import jax
 import numpy as np
 
 from dvlm_jax import config as cfg_lib
+from dvlm_jax import variants
 from dvlm_jax import sharding
 from dvlm_jax.data import layout
 from dvlm_jax.model.dvlm import DreamVLM
@@ -157,7 +158,7 @@ def test_params_only_restore_ema_and_grad_accumulation(tmp_path):
   traces = [f for _, _, files in os.walk(tmp_path / 'profile') for f in files]
   assert any(f.endswith('.xplane.pb') for f in traces), traces
   config = cfg_lib.load(TINY, ['model.core_layers=1', 'optim.ema_decay=0.5'])
-  spec = layout.batch_spec(layout.LayoutConfig.from_config(config), 1)
+  spec = layout.LayoutConfig.from_config(config).batch_spec(1)
   batch = {k: jax.ShapeDtypeStruct(s, d) for k, (s, d) in spec.items()}
   model = DreamVLM(ModelConfig.from_config(config))
   abstract = jax.eval_shape(lambda b: model.init(jax.random.key(0), b), batch)['params']
@@ -182,5 +183,5 @@ def test_sweep_declared_in_the_experiment_expands_to_runs(tmp_path):
   assert r.overrides == ('model.core_layers=2', 'optim.lr=0.003')
   assert r.workdir == f'{tmp_path}/core_layers=2_lr=0.003'
   ablations = sweep_launch.expand(os.path.join(ROOT, 'experiments', 'small.py'), str(tmp_path))
-  assert len(ablations) == 1 + len(cfg_lib.ABLATIONS)
+  assert len(ablations) == 1 + len(variants.ABLATIONS)
   assert any(r.config.endswith('small.py:causal_images') for r in ablations)

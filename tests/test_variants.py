@@ -1,5 +1,5 @@
 """Every variant of the study runs end to end: the dream config, each ablation in
-`config.ABLATIONS` and the Janus-like baseline train a few steps, save, and are evaluated
+`variants.ABLATIONS` and the Janus-like baseline train a few steps, save, and are evaluated
 from their checkpoint as `python -m dvlm_jax.study` does: captions, generation, surprisal
 and reconstruction. What a variant cannot do is n/a with a reason; everything
 else is a finite number. (Inpainting and self-correction, whose code paths the variants
@@ -12,11 +12,11 @@ import os
 
 import pytest
 
-from dvlm_jax import config as cfg_lib
+from dvlm_jax import variants
 from tests.conftest import ROOT
 
 TINY = os.path.join(ROOT, 'experiments', 'tiny.py')
-VARIANTS = ('dream', *sorted(cfg_lib.ABLATIONS), 'janus')
+VARIANTS = ('dream', *sorted(variants.ABLATIONS), 'janus')
 EVALUATORS = {'masked_patch_psnr': 'recon/', 'shapes': 'shapes/', 'surprisal': 'surprisal/'}
 # (name -> the prefix of its metrics; perplexity is the training forward pass, left out)
 # The smallest budget that still exercises every path: two training steps, two examples per

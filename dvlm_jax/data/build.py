@@ -33,7 +33,8 @@ import time
 import tensorflow_datasets as tfds
 
 from dvlm_jax import cli
-from dvlm_jax import config as cfg_lib
+from dvlm_jax.errors import ConfigError
+from dvlm_jax.data.mixture import parse_mixture
 from dvlm_jax.data import builders
 from dvlm_jax.data.builders import base
 
@@ -194,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
       print(report(build_dataset(name, args.data_dir, overwrite=args.overwrite, **options)),
             flush=True)
-  except (base.SourceError, base.OptionError, AlreadyBuiltError, cfg_lib.ConfigError) as e:
+  except (base.SourceError, base.OptionError, AlreadyBuiltError, ConfigError) as e:
     return cli.fail(str(e))
   return 0
 
@@ -202,8 +203,9 @@ def main(argv: list[str] | None = None) -> int:
 def mixture_names(spec: str, overrides: list[str]) -> list[str]:
   """The data sets the experiment `spec` (experiments/NAME.py[:arg], with `a.b=v`
   overrides) mixes."""
+  from dvlm_jax import config as cfg_lib   # the command reads an experiment; data/ does not
   config = cfg_lib.load(spec, overrides)
-  return [name for name, _ in cfg_lib.parse_mixture(config.data.mixture)]
+  return [name for name, _ in parse_mixture(config.data.mixture)]
 
 
 if __name__ == '__main__':

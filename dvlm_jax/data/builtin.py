@@ -22,6 +22,7 @@ import dataclasses
 
 import numpy as np
 
+from dvlm_jax import contract
 from dvlm_jax.data import shapes, splits
 
 GENERATION_PROMPT = 'draw: '
@@ -52,18 +53,13 @@ def fixed_scenes(mix: Mix) -> list[shapes.Scene]:
   return [shapes.sample_scene(rng, max_shapes=mix.max_shapes) for _ in range(mix.scenes)]
 
 
-def image_size(config) -> int:
-  """Side of the rendered images: exactly the finest scale, so it is never resampled."""
-  return int(config.image.scales[-1]) * int(config.image.patch_size)
-
-
 class BuiltinSource:
   """Random-access records (len, getitem) of the shapes world for Grain; picklable."""
 
   def __init__(self, config):
     self.mix = Mix.from_config(config)
     self.seed = int(config.data.seed)
-    self.image_px = image_size(config)
+    self.image_px = contract.image_side(config)
     self.fixed = fixed_scenes(self.mix)
 
   def __len__(self) -> int:

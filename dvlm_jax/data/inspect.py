@@ -26,7 +26,6 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from dvlm_jax import cli
-from dvlm_jax import config as config_lib
 from dvlm_jax import contract
 from dvlm_jax.data import pipeline
 from dvlm_jax.data import layout as layout_lib
@@ -248,6 +247,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace, overrides: list[str]) -> int:
+  from dvlm_jax import config as config_lib   # the command reads an experiment; data/ does not
   config = config_lib.load(args.config, overrides)
   # The train command's data path: built-in stream or the Grain pipeline.
   batch = pipeline.first_batch(config)

@@ -21,12 +21,14 @@ model never re-derives the layout.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, NamedTuple, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 from PIL import Image
 
-from dvlm_jax.contract import COPY_MASKED, COPY_UNMASKED, MODALITY_IMAGE, MODALITY_TEXT
+from dvlm_jax import contract
+from dvlm_jax.contract import (CAPACITY_KEYS, COPY_MASKED, COPY_UNMASKED, MODALITY_IMAGE,
+                               MODALITY_TEXT, Capacities)
 from dvlm_jax.data import tokenizer as tok
 
 
@@ -34,33 +36,8 @@ Item = str | np.ndarray
 Document = Sequence[Item]
 
 
-def image_tokens(scales: Sequence[int], dual_copy: bool) -> int:
-  """Tokens one image takes: <IMG>, <IMG_END>, and per scale a marker plus its copies."""
-  copies = 2 if dual_copy else 1
-  return 2 + sum(1 + copies * s * s for s in scales)
-
-
 class CapacityError(ValueError):
   """A batch row holds more positions of some kind than its capacity (names the key)."""
-
-
-class Capacities(NamedTuple):
-  """Per-row sizes of the streams each model stage runs on (static shapes under jit).
-
-  text_tokens    text-in: text positions (modality text)
-  image_tokens   image-in and the patch embedding: image positions
-  text_targets   text-out and the LM head: positions with a text target
-  image_targets  imun-out / imgen-out, patch and diffusion heads: predicting positions
-  """
-  text_tokens: int
-  image_tokens: int
-  text_targets: int
-  image_targets: int
-
-
-# The config key bounding each capacity (0 = the layout's bound, `LayoutConfig.capacities`).
-CAPACITY_KEYS = Capacities('data.max_text_tokens', 'data.max_image_tokens',
-                           'data.max_text_targets', 'data.max_image_targets')
 
 
 def position_kinds(fields: dict[str, np.ndarray]) -> np.ndarray:
@@ -78,7 +55,7 @@ def row_counts(fields: dict[str, np.ndarray]) -> np.ndarray:
 class LayoutConfig:
   """How documents become token rows: config.data.seq_len, config.image.* and the
   capacities, read by `from_config`. The defaults and the checks are the config's
-  (`config.defaults`, `config.validate`); tests vary one with `dataclasses.replace`."""
+  (`config.defaults`, `validation.validate`); tests vary one with `dataclasses.replace`."""
   seq_len: int
   patch_size: int
   scales: tuple[int, ...]          # patches per side, coarse to fine
@@ -119,7 +96,8 @@ class LayoutConfig:
         caption_dropout=float(i.caption_dropout),
         prompt_text_weight=float(config.data.prompt_text_weight),
         imgen_residual=config.diffusion.target == 'residual',
-        **{key.split('.')[1]: int(config.data[key.split('.')[1]]) for key in CAPACITY_KEYS})
+        **{f'max_{kind}': n
+           for kind, n in contract.configured_capacities(config)._asdict().items()})
 
   @property
   def patch_dim(self) -> int:
@@ -127,23 +105,22 @@ class LayoutConfig:
 
   @property
   def image_tokens(self) -> int:
-    return image_tokens(self.scales, self.dual_copy)
+    return contract.image_tokens(self.scales, self.dual_copy)
 
   def capacity_bounds(self) -> Capacities:
-    """What a row can hold at most: every position text, or as many images as fit
-    (one document `<BOS> image ... image <EOS>`), each with every M_k patch a target."""
-    patches = sum(s * s for s in self.scales)
-    images = max(0, (self.seq_len - 2) // self.image_tokens)
-    copies = 2 if self.dual_copy else 1
-    return Capacities(self.seq_len, images * copies * patches, self.seq_len - 1,
-                      images * patches)
+    """What a row can hold at most (`contract.capacity_bounds`)."""
+    return contract.capacity_bounds(self.seq_len, self.scales, self.dual_copy)
 
   def capacities(self) -> Capacities:
-    """The per-row capacities: the configured `max_*` keys (0 = the bound), at most the bound."""
-    configured = (self.max_text_tokens, self.max_image_tokens, self.max_text_targets,
-                  self.max_image_targets)
-    return Capacities(*(min(c, b) if c else b
-                        for c, b in zip(configured, self.capacity_bounds())))
+    """The per-row capacities (`contract.capacities`): the configured `max_*` keys, at most
+    the bound the layout implies."""
+    return contract.capacities(self.seq_len, self.scales, self.dual_copy,
+                               (self.max_text_tokens, self.max_image_tokens,
+                                self.max_text_targets, self.max_image_targets))
+
+  def batch_spec(self, batch_size: int) -> dict[str, tuple[tuple[int, ...], Any]]:
+    """Field name -> (shape, dtype) of one packed batch (`contract.batch_spec`)."""
+    return contract.batch_spec(batch_size, self.seq_len, self.patch_dim, self.imgen_residual)
 
 
 def check_capacities(batch: dict[str, np.ndarray], cfg: LayoutConfig) -> None:
@@ -159,29 +136,6 @@ def check_capacities(batch: dict[str, np.ndarray], cfg: LayoutConfig) -> None:
         f'batch row {row} holds {counts[row, kind]} {Capacities._fields[kind]} > '
         f'{key}={caps[kind]}: raise {key} (0 = the layout bound '
         f'{cfg.capacity_bounds()[kind]}) or build batches with layout.Packer')
-
-
-def batch_spec(cfg: LayoutConfig, batch_size: int) -> dict[str, tuple[tuple[int, ...], Any]]:
-  """Field name -> (shape, dtype) of one packed batch: the whole contract in one place."""
-  b, l, p = batch_size, cfg.seq_len, cfg.patch_dim
-  return {
-      'tokens': ((b, l), np.int32),
-      'patches': ((b, l, p), np.float32),
-      'modality': ((b, l), np.int32),
-      'is_masked': ((b, l), np.bool_),
-      'copy': ((b, l), np.int32),
-      'scale': ((b, l), np.int32),
-      'image_id': ((b, l), np.int32),
-      'segment_ids': ((b, l), np.int32),
-      'positions': ((b, l, 3), np.float32),
-      'attn_end': ((b, l), np.int32),
-      'text_targets': ((b, l), np.int32),
-      'text_weights': ((b, l), np.float32),
-      'image_targets': ((b, l, p), np.float32),
-      'image_weights': ((b, l), np.float32),
-      # Residual diffusion targets: the base each image target is drawn over (`upsampled_base`).
-      **({'image_base': ((b, l, p), np.float32)} if cfg.imgen_residual else {}),
-  }
 
 
 # ---------------------------------------------------------------------------- images
@@ -568,7 +522,7 @@ def truncate(doc: dict[str, np.ndarray], length: int) -> dict[str, np.ndarray]:
 
 def assemble(rows: list[list[dict[str, np.ndarray]]], cfg: LayoutConfig) -> dict[str, np.ndarray]:
   """Concatenates each row's documents, renumbers segments/images per row, pads."""
-  spec = batch_spec(cfg, len(rows))
+  spec = cfg.batch_spec(len(rows))
   batch = {k: np.zeros(shape, dtype) for k, (shape, dtype) in spec.items()}
   # Padding attends only to itself (and its segment 0 masks even that out).
   batch['attn_end'][:] = np.arange(cfg.seq_len, dtype=np.int32)

@@ -40,7 +40,8 @@ from typing import Any, Mapping, Sequence
 import grain
 import numpy as np
 
-from dvlm_jax import config as cfg_lib
+from dvlm_jax.data.mixture import parse_mixture
+from dvlm_jax import contract
 from dvlm_jax.data import builtin
 from dvlm_jax.data import decode
 from dvlm_jax.data import layout as layout_lib
@@ -86,7 +87,7 @@ def decode_options(config) -> decode.DecodeOptions:
       max_image_pixels=int(config.data.max_image_pixels),
       generation_share=float(config.data.generation_share),
       generation_prompt=builtin.GENERATION_PROMPT,
-      draft_side=int(config.image.scales[-1]) * int(config.image.patch_size))
+      draft_side=contract.image_side(config))
 
 
 def load_tokenizer(config):
@@ -199,7 +200,7 @@ def mixture_of(config) -> tuple[tuple[str, float], ...]:
   for 'builtin'."""
   if str(config.data.source) == 'builtin':
     return ((BUILTIN, 1.0),)
-  return cfg_lib.parse_mixture(config.data.mixture)
+  return parse_mixture(config.data.mixture)
 
 
 def prepared_dataset(config, sources: Mapping[str, Sequence], process_index: int,
@@ -369,7 +370,7 @@ def batches_for(config, process_index: int | None = None, process_count: int | N
 
   'builtin': the procedural shapes records (builtin.py, no files); 'tfds': data.mixture
   over the built data sets under data.data_dir. Batches of data.batch_size /
-  process_count rows in `layout.batch_spec`, with get_state() / set_state().
+  process_count rows in `contract.batch_spec`, with get_state() / set_state().
 
   Args:
     config: the run config (data.*, image.*).

@@ -3,7 +3,7 @@
 An evaluator is constructed from the config and has one method, `run(vlm, step) ->
 dict[str, float]`; after a run, `chance` holds the chance level of each metric that has
 one, `grids` the pictures to write (name -> Grid) and `not_applicable` the metric groups
-this model variant cannot be asked for (group -> reason; `inference.images.Unsupported`).
+this model variant cannot be asked for (group -> reason; `inference.generation.Unsupported`).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Picture grids of what an evaluator saw and produced, written as PNG.
+"""Picture grids of what an evaluator saw and produced, rendered once for PNG and TensorBoard.
 
 A `Grid` is rows of images with one line of text per row (a prompt, a caption
 the model wrote, a PSNR). Images are upscaled with nearest-neighbour to one
@@ -57,5 +57,6 @@ def render(grid: Grid) -> np.ndarray:
   return np.asarray(canvas)
 
 
-def save_png(grid: Grid, path: str) -> None:
-  Image.fromarray(render(grid)).save(path)
+def save_png(picture: np.ndarray, path: str) -> None:
+  """Writes a rendered grid (`render`'s uint8 [H, W, 3])."""
+  Image.fromarray(picture).save(path)

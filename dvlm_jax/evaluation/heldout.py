@@ -30,7 +30,8 @@ import os
 import numpy as np
 from PIL import Image
 
-from dvlm_jax import config as cfg_lib
+from dvlm_jax.data.mixture import parse_mixture
+from dvlm_jax import contract
 from dvlm_jax.data import builtin
 from dvlm_jax.data import glyphs as glyphs_lib
 from dvlm_jax.data import shapes as shapes_lib
@@ -52,7 +53,7 @@ def _decode_png(data) -> np.ndarray:
 
 def shapes_world(config) -> str:
   """The shapes-world data set the model trains on: the first one data.mixture names."""
-  names = [name for name, _ in cfg_lib.parse_mixture(config.data.mixture)]
+  names = [name for name, _ in parse_mixture(config.data.mixture)]
   return next((name for name in names if name in shapes_lib.WORLDS), 'shapes')
 
 
@@ -68,7 +69,7 @@ class HeldOut:
       mix = builtin.Mix.from_config(config)
       self.max_shapes = mix.max_shapes
       self.fixed = builtin.fixed_scenes(mix)   # data.builtin_scenes > 0: the training scenes
-      self.image_size = builtin.image_size(config)
+      self.image_size = contract.image_side(config)
     else:
       self.max_shapes = shapes_lib.WORLDS[self.world]
       self.image_size = _BUILDER_IMAGE_SIZE

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from dvlm_jax.data import builtin
+from dvlm_jax import contract
 from dvlm_jax.data import shapes
 from dvlm_jax.evaluation import detector
 from dvlm_jax.evaluation.grid import Grid
@@ -48,7 +48,7 @@ class InpaintingError(Evaluator):
 
   def __init__(self, config):
     super().__init__(config)
-    self.image_px = builtin.image_size(config)
+    self.image_px = contract.image_side(config)
 
   def run(self, vlm, step: int) -> dict[str, float]:
     del step

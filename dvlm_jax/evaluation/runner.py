@@ -9,13 +9,15 @@ model every process takes part in each computation):
                             'grids'}
   WORKDIR/eval/STEP/*.png   picture grids (generations with their prompts,
                             reconstructions per scale, inpaintings, captions)
-  WORKDIR/tensorboard/      every metric as the scalar 'eval/NAME' at STEP
+  WORKDIR/tensorboard/      every metric as the scalar 'eval/NAME' and every grid as the
+                            image 'eval/GRID' at STEP, next to the training loss curves
+                            (when train.tensorboard)
 
 and returns the metrics. Evaluators are deterministic for `eval.seed`, so an
 evaluation of a restored checkpoint (`python -m dvlm_jax.eval`) reproduces the
 numbers logged at that step during training. `seconds` (wall time per
 evaluator) is the only thing in STEP.json that is not. What a model variant cannot do
-(an ablation without the diffusion head cannot generate; `inference.images.Unsupported`)
+(an ablation without the diffusion head cannot generate; `inference.generation.Unsupported`)
 is recorded under `not_applicable` ({evaluator or metric group: reason}), not raised.
 
 An evaluator is a small class: `__init__(config)`, `run(vlm, step) ->
@@ -34,7 +36,7 @@ import jax
 
 from dvlm_jax import evaluation
 from dvlm_jax.evaluation import grid as grid_lib
-from dvlm_jax.inference.images import Unsupported
+from dvlm_jax.inference.generation import Unsupported
 
 # The numbers of the one-line summary during training; everything is in the record.
 HEADLINE = ('text/perplexity', 'recon/psnr', 'shapes/caption/scene', 'shapes/generation/scene',
@@ -50,14 +52,15 @@ def record_path(workdir: str, step: int, tag: str = '') -> str:
 
 
 def _write(workdir: str, step: int, tag: str, metrics, chance, not_applicable, seconds,
-           grids) -> dict:
-  """The JSON record, the PNG grids and the TensorBoard scalars of one evaluation."""
+           grids, *, tensorboard: bool) -> dict:
+  """The JSON record, the PNG grids and the TensorBoard scalars and images of one evaluation."""
   directory = os.path.join(eval_dir(workdir), f'{step}{tag}')
   os.makedirs(directory, exist_ok=True)
-  paths = {}
+  paths, pictures = {}, {}
   for name, grid in grids.items():
     paths[name] = os.path.join(directory, f'{name}.png')
-    grid_lib.save_png(grid, paths[name])
+    pictures[name] = grid_lib.render(grid)
+    grid_lib.save_png(pictures[name], paths[name])
   record = {'step': int(step), 'metrics': metrics, 'chance': chance,
             'not_applicable': not_applicable, 'seconds': seconds, 'grids': paths}
   # Written to a temporary name and renamed: a reader never sees half a file.
@@ -65,10 +68,13 @@ def _write(workdir: str, step: int, tag: str, metrics, chance, not_applicable, s
   with open(path + '.tmp', 'w') as f:
     json.dump(record, f, indent=2, sort_keys=True)
   os.replace(path + '.tmp', path)
-  import tensorboardX  # event files without TensorFlow, next to the training scalars
-  with tensorboardX.SummaryWriter(os.path.join(workdir, 'tensorboard')) as writer:
-    for name, value in metrics.items():
-      writer.add_scalar(f'eval{tag}/{name}', value, step)
+  if tensorboard:
+    import tensorboardX  # event files without TensorFlow, next to the training scalars
+    with tensorboardX.SummaryWriter(os.path.join(workdir, 'tensorboard')) as writer:
+      for name, value in metrics.items():
+        writer.add_scalar(f'eval{tag}/{name}', value, step)
+      for name, picture in pictures.items():
+        writer.add_image(f'eval{tag}/{name}', picture, step, dataformats='HWC')
   return record
 
 
@@ -76,10 +82,10 @@ def evaluate(vlm, config, step: int, workdir: str, *, tag: str = '') -> dict[str
   """Runs `config.eval.evaluators` on `vlm`; writes the records (see the module docstring).
 
   `tag` keeps evaluations of other parameters of the same step apart: '_ema' writes
-  eval/STEP_ema.json, eval/STEP_ema/ and the scalars 'eval_ema/NAME'.
+  eval/STEP_ema.json, eval/STEP_ema/ and the scalars and images 'eval_ema/NAME'.
   """
   metrics, chance, not_applicable, seconds, grids = {}, {}, {}, {}, {}
-  for name in config.eval.evaluators:   # names checked by config.validate
+  for name in config.eval.evaluators:   # names checked by validation.validate
     start = time.perf_counter()
     evaluator = evaluation.evaluator_class(name)(config)
     try:
@@ -93,7 +99,8 @@ def evaluate(vlm, config, step: int, workdir: str, *, tag: str = '') -> dict[str
     chance.update(evaluator.chance)
     grids.update({f'{name}_{g}': grid for g, grid in evaluator.grids.items()})
   if jax.process_index() == 0:
-    _write(workdir, step, tag, metrics, chance, not_applicable, seconds, grids)
+    _write(workdir, step, tag, metrics, chance, not_applicable, seconds, grids,
+           tensorboard=bool(config.train.tensorboard))
   return metrics
 
 

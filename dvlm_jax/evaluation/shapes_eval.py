@@ -42,13 +42,13 @@ import re
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from dvlm_jax.data import builtin
+from dvlm_jax import contract
 from dvlm_jax.data import glyphs as glyphs_lib
 from dvlm_jax.data import shapes
 from dvlm_jax.evaluation import detector
 from dvlm_jax.evaluation.grid import Grid
 from dvlm_jax.evaluation.base import Evaluator
-from dvlm_jax.inference.images import Unsupported
+from dvlm_jax.inference.generation import Unsupported
 
 ATTRIBUTES = ('kind', 'colour', 'size', 'position')
 _CHANCE_DRAWS = 16     # random scenes per example for the chance levels
@@ -149,7 +149,7 @@ class ShapesEval(Evaluator):
     self.max_new_tokens = int(config.eval.max_new_tokens)
     self.self_correct = bool(config.eval.shapes.self_correct)
     self.surprise_percentile = float(config.eval.shapes.surprise_percentile)
-    self.image_px = builtin.image_size(config)   # what generation draws
+    self.image_px = contract.image_side(config)   # what generation draws
 
   def _batches(self, items):
     for index, start in enumerate(range(0, len(items), self.batch_size)):

@@ -20,9 +20,10 @@ import numpy as np
 
 from dvlm_jax import sharding
 from dvlm_jax.data import builtin, layout, pipeline
-from dvlm_jax.inference import images as images_lib
-from dvlm_jax.inference import loading, sequence, text as text_lib
-from dvlm_jax.inference.images import GeneratedImage, GenerationOptions
+from dvlm_jax.inference import inpainting, loading, reconstruction, sequence, surprisal
+from dvlm_jax.inference import text as text_lib
+from dvlm_jax.inference.generation import (GeneratedImage, GenerationOptions, ImageGenerator,
+                                           Unsupported)
 
 __all__ = ['VLM', 'GeneratedImage']
 
@@ -47,7 +48,7 @@ class VLM:
     self.tokenizer = pipeline.load_tokenizer(config)
     self.layout = layout.LayoutConfig.from_config(config)
     self._text = text_lib.TextDecoder(model, self.layout, self.tokenizer, context)
-    self._images = images_lib.ImageGenerator(model, config, self.tokenizer, context)
+    self._images = ImageGenerator(model, config, self.tokenizer, context)
 
   @classmethod
   def from_workdir(cls, workdir: str, step: int | None = None, ema: bool = False) -> 'VLM':
@@ -98,7 +99,7 @@ class VLM:
     options = text_lib.Sampling(seed=seed, **sampling)
     texts = self._text.decode(self.params, docs, max_new_tokens, options).texts
     if mode == 'surprisal' and with_surprise:
-      surprise = self._images.surprisal(self.params, [d[:1] for d in docs])
+      surprise = surprisal.surprisal(self._images, self.params, [d[:1] for d in docs])
       return [(t, [float(x) for x in s]) for t, s in zip(texts, surprise)]
     return texts
 
@@ -107,7 +108,7 @@ class VLM:
                ) -> np.ndarray:
     """[N, K]: how much each picture surprises the model, per scale (surprisal mode's masks,
     the same for a given `seed` and index): the core output where M_k is masked against U_k
-    (`ImageGenerator.surprisal`). With `prompts`, each picture follows its text
+    (`surprisal.surprisal`). With `prompts`, each picture follows its text
     (`prompt` then the image), so a picture that contradicts its text reads as surprising."""
     if prompts is not None:
       _check_texts(prompts, 'prompts')
@@ -117,11 +118,11 @@ class VLM:
     for i, image in enumerate(images):
       item = sequence.image_item(image, self.layout, self._surprisal_masks(mask_ratio, seed, i))
       docs.append([item] if prompts is None else [prompts[i], item])
-    return self._images.surprisal(self.params, docs)
+    return surprisal.surprisal(self._images, self.params, docs)
 
   def _surprisal_masks(self, mask_ratio, seed: int, index: int) -> list[np.ndarray]:
     if not self.model.cfg.mask_token:
-      raise images_lib.Unsupported("surprisal mode needs mask tokens; this model was trained "
+      raise Unsupported("surprisal mode needs mask tokens; this model was trained "
                                    "without (image.targets='next_patch')")
     low, high = (mask_ratio, mask_ratio) if np.isscalar(mask_ratio) else mask_ratio
     # The training layout's own mask drawing, with every image partially masked.
@@ -134,7 +135,7 @@ class VLM:
     """One image per prompt, next-scale (patch by patch for the Janus-like baseline), from
     `'draw: ' + prompt` (the training layout).
 
-    `options` (`images.GenerationOptions`): cfg_scale and temperature (default: the run's
+    `options` (`generation.GenerationOptions`): cfg_scale and temperature (default: the run's
     eval.cfg_scale and eval.temperature), cfg_schedule ('constant' | 'linear'), steps
     (default: diffusion.sample_steps), seed, and self-correction: with `self_correct`, a
     scale whose `surprise` ('activation' | 'pixel') is above `threshold` (one, or one per
@@ -157,8 +158,8 @@ class VLM:
     self-correction threshold from the training distribution (`generate_images(...,
     threshold=vlm.calibrate_surprise(images, captions))`)."""
     _check_texts(prompts, 'prompts')
-    return self._images.calibrate(self.params, images, prompts, builtin.GENERATION_PROMPT,
-                                  surprise, percentile)
+    return surprisal.calibrate(self._images, self.params, images, prompts,
+                               builtin.GENERATION_PROMPT, surprise, percentile)
 
   def inpaint(self, images: list[np.ndarray], masks: list[np.ndarray],
               prompts: list[str] | None = None, **options) -> list[np.ndarray]:
@@ -170,14 +171,14 @@ class VLM:
     """
     if prompts is not None:
       _check_texts(prompts, 'prompts')
-    out, _ = self._images.inpaint(self.params, images, masks, prompts,
+    out, _ = inpainting.inpaint(self._images, self.params, images, masks, prompts,
                                   self._generation_options(options), builtin.GENERATION_PROMPT)
     return out
 
   def reconstruct(self, images: list[np.ndarray], mask_ratio: float = 0.5,
                   seed: int = 0) -> list[dict]:
     """Masked reconstruction by the imun head (see ImageGenerator.reconstruct)."""
-    return self._images.reconstruct(self.params, images, mask_ratio, seed)
+    return reconstruction.reconstruct(self._images, self.params, images, mask_ratio, seed)
 
 
 def _check_texts(texts: Sequence, name: str) -> None:

@@ -19,6 +19,7 @@ from typing import Any
 import jax
 
 from dvlm_jax import config as cfg_lib
+from dvlm_jax.validation import validate
 from dvlm_jax import sharding
 from dvlm_jax.data import layout
 from dvlm_jax.model.dvlm import DreamVLM
@@ -70,7 +71,7 @@ def read_config(workdir: str) -> cfg_lib.ConfigDict:
       raise ValueError(f'{path}: not valid JSON ({e})') from e
   config = cfg_lib.defaults()
   _overlay(config, _tuples(raw))
-  cfg_lib.validate(config)
+  validate(config)
   return config
 
 
@@ -98,7 +99,7 @@ def abstract_params(model: DreamVLM, config, ctx: sharding.Context):
   so a one-token-row batch of the contract is enough to trace init.
   """
   cfg = dataclasses.replace(layout.LayoutConfig.from_config(config), seq_len=1)
-  spec = layout.batch_spec(cfg, 1)
+  spec = cfg.batch_spec(1)
   batch = {k: jax.ShapeDtypeStruct(shape, dtype) for k, (shape, dtype) in spec.items()}
   structs, _ = ctx.abstract_sharded(lambda rng, b: model.init(rng, b)['params'],
                                     jax.random.key(0), batch)

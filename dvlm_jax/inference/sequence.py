@@ -92,7 +92,7 @@ def place(docs: Sequence[dict[str, np.ndarray]], cfg: layout.LayoutConfig, lengt
   Padding (before and after) is segment 0 with attn_end = own index, as `layout.assemble`
   pads; the document's attn_end is shifted by its offset like packing shifts it.
   """
-  spec = layout.batch_spec(dataclasses.replace(cfg, seq_len=length), len(docs))
+  spec = dataclasses.replace(cfg, seq_len=length).batch_spec(len(docs))
   batch = {k: np.zeros(shape, dtype) for k, (shape, dtype) in spec.items()}
   batch['attn_end'][:] = np.arange(length, dtype=np.int32)
   for r, (doc, a) in enumerate(zip(docs, anchors)):

@@ -21,11 +21,11 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from dvlm_jax import contract
+from dvlm_jax import contract, names
 from dvlm_jax.model import kernels
 from dvlm_jax.model.kernels import range_attention, splash, tokamax_attention
 
-IMPLEMENTATIONS = ('auto', 'xla', 'tokamax', 'pallas_gpu', 'pallas_interpret', 'splash')
+IMPLEMENTATIONS = names.ATTENTION_IMPLEMENTATIONS
 _BACKEND = {'pallas_gpu': 'gpu', 'splash': 'tpu'}   # kernels that need a device kind
 # What 'auto' runs per backend: the fastest implementation measured there
 # (docs/performance.md; on an H200 the range kernel, since tokamax 0.0.12's Mosaic-GPU

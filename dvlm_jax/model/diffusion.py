@@ -33,6 +33,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from dvlm_jax import names
 from dvlm_jax.model.layers import Dense
 
 
@@ -84,7 +85,7 @@ class DiffusionHead(nn.Module):
 
 
 DenoiseFn = Callable[[jax.Array, jax.Array], jax.Array]   # (x_t, t) -> prediction
-OBJECTIVES = ('flow', 'flow_x0', 'flow_x0_mse', 'eps', 'v')
+OBJECTIVES = names.DIFFUSION_OBJECTIVES
 PREDICTS_X0 = ('flow_x0', 'flow_x0_mse')
 T_MIN = 0.05   # flow_x0: the smallest t in 1 / t (the loss weight of x0 errors near clean)
 

@@ -13,7 +13,7 @@ in/out counts 0 the model is the Janus-like baseline (one stack, heads on the co
 Each stage runs on its own positions only (`streams`): text-in on the text positions,
 image-in (and the patch embedding) on the image positions, each out stack and its head
 on the positions that head is read at, gathered into fixed per-row capacities
-(`layout.Capacities`, config `data.max_*`) so shapes stay static. The core runs over
+(`contract.Capacities`, config `data.max_*`) so shapes stay static. The core runs over
 the whole row. An out stack's queries are its positions; the keys of every one of its
 layers are the core output of the whole document (docs/architecture.md).
 """
@@ -27,7 +27,6 @@ import jax
 import jax.numpy as jnp
 
 from dvlm_jax import contract
-from dvlm_jax.data import layout
 from dvlm_jax.model import attention, streams
 from dvlm_jax.model.diffusion import DiffusionHead
 from dvlm_jax.model.layers import Dense, ModelConfig, RMSNorm, Stack, constrain
@@ -38,7 +37,7 @@ CELL_FREQUENCIES = 8   # octaves of the cell-position features: up to 2^7 cells 
 def cell_features(positions: jax.Array) -> jax.Array:
   """[B, L, 4 * CELL_FREQUENCIES] sinusoidal features of each image token's cell centre.
 
-  An image token sits at (t0, t0 + y, t0 + x) (layout.grid_positions: cell centres in the
+  An image token sits at (t0, t0 + y, t0 + x) (data/layout.py grid_positions: cell centres in the
   finest grid's units), so (y, x) = positions[1:] - positions[0] is where the cell lies in
   its image, whatever the document around it. Rotary attention only sees differences of
   positions; these features let a token know its place in the picture (`model.image_pos_embed`),
@@ -60,9 +59,9 @@ def stage_rules(batch, cfg: ModelConfig, heads=None, chunk=None) -> dict[str, st
   if heads is None:
     if chunk is not None:
       raise ValueError('chunk= (decoding) needs heads=: the positions to read heads at')
-    caps = layout.Capacities(*(min(n, length) if n else length for n in cfg.capacities))
+    caps = contract.Capacities(*(min(n, length) if n else length for n in cfg.capacities))
   else:   # inference rows are not packed to capacities: nothing may be dropped
-    caps = layout.Capacities(*(length,) * 4)
+    caps = contract.Capacities(*(length,) * 4)
   scopes = contract.stage_scopes(batch)
   text, image, core = scopes['text_in'], scopes['image_in'], scopes['core']
   rules = {'text_in': streams.in_stage_rule(text.queries, caps.text_tokens, text.scope,
@@ -234,7 +233,8 @@ class DreamVLM(nn.Module):
 
 def param_count(config) -> int:
   """Parameters of the model `config` builds, from an abstract init (nothing allocated)."""
-  spec = layout.batch_spec(layout.LayoutConfig.from_config(config), 1)
+  model_cfg = ModelConfig.from_config(config)
+  spec = contract.batch_spec(1, int(config.data.seq_len), model_cfg.patch_dim)
   batch = {k: jax.ShapeDtypeStruct(shape, dtype) for k, (shape, dtype) in spec.items()}
-  shapes = jax.eval_shape(DreamVLM(ModelConfig.from_config(config)).init, jax.random.key(0), batch)
+  shapes = jax.eval_shape(DreamVLM(model_cfg).init, jax.random.key(0), batch)
   return sum(int(math.prod(leaf.shape)) for leaf in jax.tree.leaves(shapes['params']))

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dvlm_jax.data import layout
+from dvlm_jax import contract
 
 Dtype = Any
 
@@ -66,7 +66,7 @@ class ModelConfig:
   moe_group_size: int
   moe_mlp_dim: int
   # Per-row slots of the text-in, image-in, text-out and image-out streams of a training
-  # call (`layout.Capacities`); 0 = the call's row length.
+  # call (`contract.Capacities`); 0 = the call's row length.
   capacities: tuple[int, int, int, int]
 
   @classmethod
@@ -90,7 +90,8 @@ class ModelConfig:
         moe_experts=m.moe_experts, moe_top_k=m.moe_top_k,
         moe_capacity_factor=m.moe_capacity_factor,
         moe_group_size=m.moe_group_size, moe_mlp_dim=m.moe_mlp_dim,
-        capacities=tuple(layout.LayoutConfig.from_config(config).capacities()))
+        capacities=tuple(contract.capacities(config.data.seq_len, i.scales, i.dual_copy,
+                                             contract.configured_capacities(config))))
 
 
 def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
@@ -154,7 +155,7 @@ class RMSNorm(nn.Module):
 
 # ------------------------------------------------------------------------------ rotary
 
-def rope_sections(head_dim: int, axes: str = 'ttyx') -> np.ndarray:
+def rope_sections(head_dim: int, axes: str) -> np.ndarray:
   """Which position coordinate (0 = t, 1 = y, 2 = x) drives each rotary frequency pair.
 
   Pair i (highest frequency first) uses the axis `axes[i % len(axes)]` (`model.rope_axes`).
@@ -168,7 +169,7 @@ def rope_sections(head_dim: int, axes: str = 'ttyx') -> np.ndarray:
   return np.array(['tyx'.index(axes[i % len(axes)]) for i in range(head_dim // 2)], np.int32)
 
 
-def apply_rope(x: jax.Array, positions: jax.Array, theta: float, axes: str = 'ttyx') -> jax.Array:
+def apply_rope(x: jax.Array, positions: jax.Array, theta: float, axes: str) -> jax.Array:
   """x: [B, L, H, D]; positions: [B, L, 3] float (t, y, x). Rotates half-split pairs."""
   d = x.shape[-1]
   pairs = d // 2

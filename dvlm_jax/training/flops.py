@@ -129,9 +129,9 @@ def stage_flops(config, batch) -> dict[str, float]:
 
 
 def implemented_stage_flops(config, rows: int, attention_pairs: dict[str, float] | None = None,
-                            capacities: layout.Capacities | None = None) -> dict[str, float]:
+                            capacities: contract.Capacities | None = None) -> dict[str, float]:
   """Forward FLOPs per stage of what the model computes for `rows` rows of data.seq_len:
-  each stage over its stream's slots (`layout.Capacities`: text-in over `text_tokens`,
+  each stage over its stream's slots (`contract.Capacities`: text-in over `text_tokens`,
   image-in and the patch embedding over `image_tokens`, text-out and the LM head over
   `text_targets`, the image out stacks and heads over `image_targets`), the core over
   the whole row, every out stack's keys over the whole row; attention over every (query

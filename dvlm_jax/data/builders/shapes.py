@@ -54,7 +54,7 @@ class SingleShapes(Shapes):
   Every attribute of a shape (kind, colour, size, cell) is still drawn, so a model has to
   read and draw all four; what it is spared is binding phrases to cells among several
   shapes, which the 2.3M-parameter demo model does not reach in `make train`'s minutes
-  (docs/training.md). Test captions are held out as for shapes (27 of the 378).
+  (docs/findings.md). Test captions are held out as for shapes (27 of the 378).
   """
 
   BUILDER = 'shapes_single'

@@ -1,4 +1,8 @@
-"""Next-scale image generation, self-correction, inpainting and masked reconstruction.
+"""Next-scale image generation with classifier-free guidance and self-correction.
+
+The other image jobs build on the `ImageGenerator` here: `inpainting.py` (regenerate masked
+pixels), `surprisal.py` (self-correction thresholds, surprisal of documents) and
+`reconstruction.py` (the imun head on masked patches).
 
 Generation document (what training's generation documents look like, caption first):
 
@@ -22,7 +26,7 @@ receive the same (guided) sample, and the head's prediction is u + g (c - u) wit
 scale (constant, or linear from 1 at the coarsest to `cfg_scale` at the finest).
 
 Self-correction (`self_correct`): after a scale is drawn, its surprise is measured; above
-the threshold (one, or one per scale from `calibrate`: a percentile of real pictures'
+the threshold (one, or one per scale from `surprisal.calibrate`: a percentile of real pictures'
 surprise), only the diffusion head runs again on the same cached conditions with new
 noise, up to `max_tries` samples; the least surprising one is kept. `surprise`:
   activation  the seed's: 1 - cosine between the core output at each M_k position (before
@@ -56,7 +60,6 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from PIL import Image
 
 from dvlm_jax import sharding
 from dvlm_jax.data import layout
@@ -88,7 +91,7 @@ class GenerationOptions:
   seed: int = 0
   self_correct: bool = False
   surprise: str = 'activation'       # activation | pixel (what self-correction measures)
-  threshold: float | tuple[float, ...] = 0.5   # one, or one per scale (`calibrate`)
+  threshold: float | tuple[float, ...] = 0.5   # one, or one per scale (`surprisal.calibrate`)
   max_tries: int = 3
 
   def __post_init__(self):
@@ -144,31 +147,12 @@ def to_uint8(patches: np.ndarray, patch_size: int) -> np.ndarray:
   return np.clip(np.rint((pixels + 1.0) * 127.5), 0, 255).astype(np.uint8)
 
 
-def patch_masks(mask: np.ndarray, cfg: layout.LayoutConfig) -> list[np.ndarray]:
-  """Pixel mask [H, W] -> per scale bool [s*s]: a patch is masked if any pixel it covers
-  (after the image is squashed to the square scale grid) is masked."""
-  mask = np.asarray(mask, bool)
-  h, w = mask.shape
-  integral = np.zeros((h + 1, w + 1), np.int64)
-  integral[1:, 1:] = np.cumsum(np.cumsum(mask, axis=0), axis=1)
-  out = []
-  for s in cfg.scales:
-    y0 = np.floor(np.arange(s) * h / s).astype(int)
-    y1 = np.ceil((np.arange(s) + 1) * h / s).astype(int)
-    x0 = np.floor(np.arange(s) * w / s).astype(int)
-    x1 = np.ceil((np.arange(s) + 1) * w / s).astype(int)
-    count = (integral[y1][:, x1] - integral[y0][:, x1] - integral[y1][:, x0]
-             + integral[y0][:, x0])
-    out.append((count > 0).reshape(-1))
-  return out
-
-
 # ----------------------------------------------------------------------- jitted pieces
 
 # Module-level programs with the (hashable) model static: every generator of an equal
 # model shares them, e.g. evaluation building a new VLM from live params at every eval.
 
-def _heads(rows: int, positions) -> dict:
+def head_positions(rows: int, positions) -> dict:
   """The image heads read at `positions` (of the call) in every row; none when empty."""
   positions = jnp.asarray(positions, jnp.int32)
   return {'image': jnp.broadcast_to(positions, (rows, positions.size))} if positions.size else {}
@@ -188,7 +172,7 @@ def _chunk(params, cache, batch, *, model: DreamVLM, start: int, n: int, pred_at
   output of the chunk's last `size` positions (M_k, whose scale comes next) and the cache."""
   if cache is None:
     cache = empty_cache(model, batch)
-  heads = _heads(batch['tokens'].shape[0], pred_at - start + np.arange(size))
+  heads = head_positions(batch['tokens'].shape[0], pred_at - start + np.arange(size))
   out, state = model.apply({'params': params, 'cache': cache}, batch, chunk=(start, n),
                            heads=heads, mutable=['cache'], return_hidden=True)
   if size == 0:
@@ -207,7 +191,7 @@ def _probe(params, cache, batch, *, model: DreamVLM, start: int, n: int):
 
 
 @functools.partial(jax.jit, static_argnames=('model',))
-def _core_at(params, batch, positions, *, model: DreamVLM):
+def core_at(params, batch, positions, *, model: DreamVLM):
   """The slow reference of the two above: the core output [B, n, D] at `positions` of a
   full forward pass, no cache."""
   out = model.apply({'params': params}, batch, heads={}, return_hidden=True)
@@ -227,7 +211,7 @@ def activation_surprise(before, after, where) -> jax.Array:
 
 
 @functools.partial(jax.jit, static_argnames=('model',))
-def _full(params, batch, positions, *, model: DreamVLM):
+def full_pass(params, batch, positions, *, model: DreamVLM):
   """The slow reference: the whole row through the model, no cache; the conditions at
   `positions` (an array, so that every position shares one program)."""
   heads = {'image': jnp.broadcast_to(positions, (batch['tokens'].shape[0], positions.size))}
@@ -325,16 +309,9 @@ def _next_patches(params, cache, batch, given, where, base, key, guidance, tempe
   return drawn, patches, cache
 
 
-@functools.partial(jax.jit, static_argnames=('model', 'positions'))
-def _patch_pred(params, batch, *, model: DreamVLM, positions: tuple[int, ...]):
-  """The imun head at `positions` of every row: [B, len(positions), P]."""
-  heads = _heads(batch['tokens'].shape[0], np.asarray(positions))
-  return model.apply({'params': params}, batch, heads=heads)['patch_pred']
-
-
 # ------------------------------------------------------------------------- generation
 
-def _in_context(method):
+def in_context(method):
   """Runs an ImageGenerator entry point under its sharding context (mesh and logical
   rules): every program it calls is traced with the model's constraints, rows split."""
   @functools.wraps(method)
@@ -345,7 +322,8 @@ def _in_context(method):
 
 
 class ImageGenerator:
-  """Batched next-scale (or next-patch) generation and reconstruction for one model."""
+  """Batched next-scale (or next-patch) generation for one model; the rows, checks and
+  cached programs the other image jobs (inpainting, surprisal, reconstruction) share."""
 
   def __init__(self, model: DreamVLM, config, tokenizer, ctx: sharding.Context):
     self.model = model
@@ -357,7 +335,7 @@ class ImageGenerator:
     self.norm_pix = bool(config.model.imun_norm_pix)
 
   # -- checks
-  def _check_can_generate(self, opts: GenerationOptions):
+  def check_can_generate(self, opts: GenerationOptions):
     if not self.model.cfg.diffusion_head:
       raise Unsupported('this model has no diffusion head (model.diffusion_head=False): it '
                         'cannot generate images')
@@ -372,20 +350,20 @@ class ImageGenerator:
                         'one patch at a time')
 
   # -- rows
-  def _rows(self, documents: Sequence[Sequence]) -> dict[str, np.ndarray]:
+  def rows(self, documents: Sequence[Sequence]) -> dict[str, np.ndarray]:
     """Each document ends with the image to sample; rows aligned on its <IMG>."""
     docs = [sequence.encode(d, self.cfg, self.tokenizer) for d in documents]
     starts = [int(np.flatnonzero(d['tokens'] == tok.IMG)[-1]) for d in docs]
     anchor = sequence.bucket(max(starts), PREFIX_QUANTUM)
     return sequence.place(docs, self.cfg, anchor + self.cfg.image_tokens, starts, anchor)
 
-  @_in_context
+  @in_context
   def generate(self, params, documents: Sequence[Sequence], canvases: Sequence[Canvas],
                opts: GenerationOptions, unconditional: Sequence[Sequence] | None = None,
                reference: bool = False) -> list[GeneratedImage]:
     """Samples the last image of every document (an ImageItem whose M_k masks mark what
     to sample, matching `canvases`); `unconditional` documents for guidance, row by row."""
-    self._check_can_generate(opts)
+    self.check_can_generate(opts)
     b = len(documents)
     if b == 0:
       return []
@@ -396,7 +374,7 @@ class ImageGenerator:
     num_scales = len(self.cfg.scales)
     guided = unconditional is not None and opts.guided(num_scales)
     copies = 2 if guided else 1
-    batch = self._rows(documents + (text_lib.pad_rows(unconditional, padded) if guided else []))
+    batch = self.rows(documents + (text_lib.pad_rows(unconditional, padded) if guided else []))
     slots = sequence.image_slots(batch, self.cfg.target_shift)
     steps = opts.steps or self.objective.sample_steps
     for k in range(num_scales):   # nothing to be sampled is visible before it is sampled
@@ -441,7 +419,7 @@ class ImageGenerator:
       if reference:   # a full forward pass per patch, no cache
         x = np.zeros(given.shape, np.float32)
         for j in range(size):
-          cond, _ = _full(params, self.ctx.put_rows(batch),
+          cond, _ = full_pass(params, self.ctx.put_rows(batch),
                           np.asarray([first + j - 1], np.int32), model=self.model)
           xj, _ = _draw(params, cond, None, given[:, j:j + 1], where[:, j:j + 1],
                         base[:, j:j + 1], jax.random.fold_in(scale_key, j),
@@ -475,10 +453,10 @@ class ImageGenerator:
       own = slots.masked[k] + np.arange(size, dtype=np.int32)
       fed = slots.fed(k) + np.arange(size, dtype=np.int32)
       if reference:
-        cond, pred = _full(params, self.ctx.put_rows(batch),
+        cond, pred = full_pass(params, self.ctx.put_rows(batch),
                            pred_at + np.arange(size, dtype=np.int32),
                            model=self.model)
-        before = _core_at(params, self.ctx.put_rows(batch), own, model=self.model)
+        before = core_at(params, self.ctx.put_rows(batch), own, model=self.model)
       else:
         start, n = passes[k]
         cond, pred, before, cache = _chunk(params, cache, self.ctx.put_rows(batch),
@@ -488,8 +466,8 @@ class ImageGenerator:
 
       def activation(x, k=k, fed=fed, before=before, cache=cache):
         """The activation surprise of sample x: its U_k fed over the cache (only looked at)."""
-        rows = self._fed(batch, fed, x, copies)
-        after = (_core_at(params, self.ctx.put_rows(rows), fed, model=self.model) if reference else
+        rows = self.fed(batch, fed, x, copies)
+        after = (core_at(params, self.ctx.put_rows(rows), fed, model=self.model) if reference else
                  _probe(params, cache, self.ctx.put_rows(rows), model=self.model,
                         start=int(fed[0]), n=len(fed)))
         return self.ctx.to_host(activation_surprise(before[:padded], after[:padded], where))
@@ -499,7 +477,7 @@ class ImageGenerator:
           params, cond, None if pred is None else pred[:padded],
           np.stack([c.given[k] for c in canvases]), where, base, jax.random.fold_in(key, k),
           opts.guidance(k, num_scales), guided, steps, opts, opts.threshold_at(k), measure)
-      batch.update(self._fed(batch, fed, x, copies))
+      batch.update(self.fed(batch, fed, x, copies))
       scales.append(x)
       surprises.append(s)
       tries.append(t)
@@ -509,7 +487,7 @@ class ImageGenerator:
              pred_at=0, size=0)
     return scales, surprises, tries
 
-  def _fed(self, batch, fed, x, copies) -> dict[str, np.ndarray]:
+  def fed(self, batch, fed, x, copies) -> dict[str, np.ndarray]:
     """The rows with sample x [B', n, P] written where it is fed (U_k, or M_k itself in a
     single-copy layout, whose mask tokens it replaces); `batch` is not changed."""
     rows = {'patches': batch['patches'].copy(), 'is_masked': batch['is_masked'].copy()}
@@ -551,82 +529,6 @@ class ImageGenerator:
       active &= s > threshold
     return best, best_s, tries
 
-  @_in_context
-  def calibrate(self, params, images: Sequence[np.ndarray], prompts: Sequence[str], prefix: str,
-                surprise: str = 'activation', percentile: float = 90.0) -> tuple[float, ...]:
-    """Per scale, the `percentile` of the surprise of real images: the self-correction
-    threshold drawn from the training distribution instead of a constant.
-
-    Each image is teacher-forced as generation sees it (the prompt, every scale before k
-    known, scale k masked), then fed the real scale k: a sample is re-drawn when it
-    surprises the model more than (100 - percentile) % of real pictures do.
-    """
-    if surprise not in SURPRISES:
-      raise ValueError(f'surprise: one of {SURPRISES}, got {surprise!r}')
-    if not 0.0 <= percentile <= 100.0:
-      raise ValueError(f'percentile must lie in [0, 100], got {percentile}')
-    if len(images) != len(prompts) or not images:
-      raise ValueError(f'calibrate: {len(images)} images, {len(prompts)} prompts (need >= 1 each)')
-    self._check_can_generate(GenerationOptions(1.0, 1.0, self_correct=True, surprise=surprise))
-    padded = text_lib.row_bucket(len(images), self.ctx)
-    items = [sequence.image_item(image, self.cfg) for image in text_lib.pad_rows(images, padded)]
-    docs = [[prefix + p, it] for p, it in zip(text_lib.pad_rows(prompts, padded), items)]
-    thresholds = []
-    for k, size in enumerate(s * s for s in self.cfg.scales):
-      # Scales before k known, k on masked: what generating scale k sees.
-      masked = [sequence.ImageItem(it.patches, tuple(np.full(len(p), j >= k)
-                                                     for j, p in enumerate(it.patches)))
-                for it in items]
-      batch = self._rows([[d[0], m] for d, m in zip(docs, masked)])
-      slots = sequence.image_slots(batch, self.cfg.target_shift)
-      for j in range(k, len(self.cfg.scales)):   # nothing not yet drawn is visible
-        batch['patches'][:, slots.fed(j) + np.arange(slots.sizes[j])] = 0.0
-      own = slots.masked[k] + np.arange(size, dtype=np.int32)
-      fed = slots.fed(k) + np.arange(size, dtype=np.int32)
-      truth = np.stack([it.patches[k] for it in items])
-      where = np.ones((padded, size), bool)
-      if surprise == 'activation':
-        before = _core_at(params, self.ctx.put_rows(batch), own, model=self.model)
-        after = _core_at(params, self.ctx.put_rows(self._fed(batch, fed, truth, 1)), fed,
-                         model=self.model)
-        values = activation_surprise(before, after, where)
-      else:
-        _, pred = _full(params, self.ctx.put_rows(batch),
-                        slots.predicting(k) + np.arange(size, dtype=np.int32),
-                        model=self.model)
-        values = pixel_surprise(pred, truth, where, self.norm_pix)
-      thresholds.append(float(np.percentile(self.ctx.to_host(values)[:len(images)], percentile)))
-    return tuple(thresholds)
-
-  @_in_context
-  def surprisal(self, params, documents: Sequence[Sequence]) -> np.ndarray:
-    """[B, K]: per document (ending with an image whose M_k masks are set) and scale, the
-    activation surprise at the masked patches: the core output at M_k (what the model
-    expects there, from the text before the image and the earlier scales) against U_k
-    (what it makes of the picture); nan for a scale with nothing masked. Needs two copies."""
-    if not self.cfg.dual_copy or self.cfg.image_targets != 'masked':
-      raise Unsupported('surprisal compares M_k with U_k: it needs masked targets and two '
-                        'copies (image.dual_copy=True)')
-    b = len(documents)
-    padded = text_lib.row_bucket(b, self.ctx)
-    batch = self._rows(text_lib.pad_rows(documents, padded))
-    slots = sequence.image_slots(batch, self.cfg.target_shift)
-    out = np.full((b, len(slots.sizes)), np.nan, np.float32)
-    own = np.concatenate([slots.masked[k] + np.arange(n) for k, n in enumerate(slots.sizes)])
-    fed = np.concatenate([slots.fed(k) + np.arange(n) for k, n in enumerate(slots.sizes)])
-    core = _core_at(params, self.ctx.put_rows(batch), np.concatenate([own, fed]).astype(np.int32),
-                    model=self.model)
-    before, after = np.split(self.ctx.to_host(core), 2, axis=1)
-    masked = batch['is_masked'][:, own]
-    start = 0
-    for k, n in enumerate(slots.sizes):
-      at = slice(start, start + n)
-      s = np.asarray(activation_surprise(before[:, at], after[:, at], masked[:, at]))
-      out[:, k] = np.where(masked[:, at].any(-1), s, np.nan)[:b]
-      start += n
-    return out
-
-  # -- public entry points
   def text_to_image(self, params, prompts: Sequence[str], opts: GenerationOptions,
                     prefix: str, reference: bool = False) -> list[GeneratedImage]:
     blank = sequence.blank_image(self.cfg)
@@ -634,97 +536,3 @@ class ImageGenerator:
     canvas = Canvas(blank.patches, blank.masks)
     return self.generate(params, docs, [canvas] * len(docs), opts,
                          unconditional=[[blank]] * len(docs), reference=reference)
-
-  def inpaint(self, params, images: Sequence[np.ndarray], masks: Sequence[np.ndarray],
-              prompts: Sequence[str] | None, opts: GenerationOptions, prefix: str,
-              reference: bool = False) -> tuple[list[np.ndarray], list[GeneratedImage]]:
-    """Regenerates the masked pixels; every unmasked pixel of the result is the input's."""
-    if len(masks) != len(images) or (prompts is not None and len(prompts) != len(images)):
-      raise ValueError(f'inpaint: {len(images)} images, {len(masks)} masks, '
-                       f'{"no" if prompts is None else len(prompts)} prompts')
-    rgbs, pixel_masks, items = [], [], []
-    for i, (image, mask) in enumerate(zip(images, masks)):
-      rgb = layout.to_rgb(image)
-      mask = np.asarray(mask)
-      if mask.ndim == 3 and mask.shape[-1] == 1:
-        mask = mask[..., 0]
-      if mask.shape != rgb.shape[:2]:
-        raise ValueError(f'inpaint: mask {i} has shape {mask.shape}, its image is '
-                         f'{rgb.shape[:2]}: they must match pixel for pixel')
-      mask = mask.astype(bool)
-      rgbs.append(rgb)
-      pixel_masks.append(mask)
-      items.append(sequence.image_item(rgb, self.cfg, patch_masks(mask, self.cfg)))
-    canvases = [Canvas(it.patches, it.masks) for it in items]
-    if prompts is None:
-      docs, uncond = [[it] for it in items], None
-    else:
-      docs, uncond = [[prefix + p, it] for p, it in zip(prompts, items)], [[it] for it in items]
-    generated = self.generate(params, docs, canvases, opts, unconditional=uncond,
-                              reference=reference)
-    out = []
-    for rgb, mask, g in zip(rgbs, pixel_masks, generated):
-      h, w = mask.shape
-      up = np.asarray(Image.fromarray(g.image).resize((w, h), Image.Resampling.BICUBIC))
-      result = rgb.copy()
-      result[mask] = up[mask]
-      out.append(result)
-    return out, generated
-
-  @_in_context
-  def reconstruct(self, params, images: Sequence[np.ndarray], mask_ratio: float,
-                  seed: int) -> list[dict]:
-    """Masked reconstruction by the imun head, per image and scale.
-
-    Per image a dict of per-scale lists: `masked` (input, masked patches grey),
-    `prediction` (visible patches + the imun prediction at masked ones; a normalised
-    prediction is shown with the true patch's mean and std), `target`, `mask` (bool
-    [s, s]), `mse` (imun loss on masked patches, in the head's target space) and `psnr`
-    (dB, pixels in [0, 1], masked patches; nan where nothing is masked).
-    """
-    if not self.model.cfg.imun_head:
-      raise Unsupported('reconstruct needs the imun head (model.imun_head=True)')
-    if self.cfg.image_targets != 'masked':
-      raise Unsupported("reconstruct needs masked image targets (image.targets='masked')")
-    if not 0.0 <= mask_ratio <= 1.0:
-      raise ValueError(f'mask_ratio must lie in [0, 1], got {mask_ratio}')
-    if not images:
-      return []
-    draw_cfg = dataclasses.replace(self.cfg, share_unmasked=0.0, share_fully_masked=0.0,
-                                   mask_ratio_min=mask_ratio, mask_ratio_max=mask_ratio)
-    items = [sequence.image_item(img, self.cfg,
-                                 layout.draw_masks(draw_cfg, np.random.default_rng([seed, i])))
-             for i, img in enumerate(images)]
-    docs = [sequence.encode([it], self.cfg, self.tokenizer)
-            for it in text_lib.pad_rows(items, text_lib.row_bucket(len(items), self.ctx))]
-    length = sequence.bucket(len(docs[0]['tokens']), 64)
-    batch = sequence.place(docs, self.cfg, length, [0] * len(docs), 0)
-    slots = sequence.image_slots(batch, self.cfg.target_shift)
-    # The imun head only where scale k's patches are predicted, scale after scale.
-    firsts = np.cumsum((0,) + slots.sizes)
-    positions = tuple(int(p) for k, size in enumerate(slots.sizes)
-                      for p in slots.predicting(k) + np.arange(size))
-    pred_all = self.ctx.to_host(_patch_pred(params, self.ctx.put_rows(batch), model=self.model,
-                                             positions=positions))
-    results = []
-    for r, it in enumerate(items):
-      res = {key: [] for key in ('masked', 'prediction', 'target', 'mask', 'mse', 'psnr')}
-      for k, s in enumerate(self.cfg.scales):
-        target, mask = it.patches[k], it.masks[k]
-        raw = pred_all[r, firsts[k]:firsts[k + 1]]
-        norm = losses.normalize_patches(jnp.asarray(target)) if self.norm_pix else target
-        err = np.mean(np.square(raw - np.asarray(norm)), axis=-1)
-        if self.norm_pix:   # de-normalise with the true patch statistics, for display
-          mean = target.mean(-1, keepdims=True)
-          raw = raw * np.sqrt(target.var(-1, keepdims=True) + 1e-6) + mean
-        shown = np.where(mask[:, None], np.clip(raw, -1.0, 1.0), target)
-        mse01 = np.mean(np.square((shown - target) / 2.0)[mask]) if mask.any() else np.nan
-        res['masked'].append(to_uint8(np.where(mask[:, None], 0.0, target), self.cfg.patch_size))
-        res['prediction'].append(to_uint8(shown, self.cfg.patch_size))
-        res['target'].append(to_uint8(target, self.cfg.patch_size))
-        res['mask'].append(mask.reshape(s, s))
-        res['mse'].append(float(err[mask].mean()) if mask.any() else float('nan'))
-        res['psnr'].append(float(10 * np.log10(1.0 / max(mse01, 1e-12)))
-                           if mask.any() else float('nan'))
-      results.append(res)
-    return results

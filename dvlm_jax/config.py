@@ -186,7 +186,8 @@ def defaults() -> ConfigDict:
   e.temperature = 1.0           # starting-noise scale of image sampling (generation, inpainting)
   e.sample_steps = 8            # diffusion steps per scale (0 = diffusion.sample_steps)
   e.seed = 0                    # masks, noise and the built-in held-out scenes
-  e.split = 'test'              # held-out split of the image evaluators (perplexity: validation)
+  e.split = 'validation'        # held-out split of every evaluator: validation chooses recipes;
+                                # test is read by the study's final table alone (docs/study.md)
   # One evaluator's own settings, in a section named as the evaluator.
   e.shapes = ConfigDict()
   e.shapes.self_correct = False        # also generate with self-correction (generation_sc/*)

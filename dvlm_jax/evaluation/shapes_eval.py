@@ -1,6 +1,6 @@
 """ShapesEval: the shapes world as an evaluation with exact answers.
 
-Probes on the held-out split (`eval.split`, default test); `glyphs` is its own
+Probes on the held-out split (`eval.split`, default validation); `glyphs` is its own
 evaluator (GlyphsEval), the other three are `shapes`:
 
   captions    describe each image (clean mode), read the text with

@@ -1,6 +1,6 @@
 """TextPerplexity: the LM's loss on held-out captions, with a plain forward pass.
 
-Two document kinds per held-out scene (the validation split, see heldout.py),
+Two document kinds per held-out scene (`eval.split`, see heldout.py),
 laid out and packed exactly like training documents (`layout.Packer`), with no
 masking and no caption dropout:
 
@@ -30,8 +30,6 @@ from dvlm_jax.data import pipeline
 from dvlm_jax.data import shapes
 from dvlm_jax.evaluation.base import Evaluator
 from dvlm_jax.training import losses
-
-SPLIT = 'validation'   # model selection reads validation; test stays for the image probes
 
 
 @functools.partial(jax.jit, static_argnums=0)  # one compile per model and batch shape
@@ -80,7 +78,7 @@ class TextPerplexity(Evaluator):
 
   def run(self, vlm, step: int) -> dict[str, float]:
     del step
-    scenes = self.heldout.scenes(SPLIT, self.n)
+    scenes = self.heldout.scenes(self.split, self.n)
     text = self._loss(vlm, [[shapes.caption(s)] for s, _ in scenes])
     caption = self._loss(vlm, [[image, shapes.caption(s)] for s, image in scenes])
     return {'text/loss': text, 'text/perplexity': math.exp(text),

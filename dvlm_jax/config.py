@@ -177,8 +177,8 @@ def defaults() -> ConfigDict:
   c.eval = e = ConfigDict()
   e.every = 0                   # evaluate every N training steps (0 = off)
   e.at_end = True               # and at the last training step
-  e.evaluators = ('text_perplexity', 'masked_patch_psnr', 'shapes', 'glyphs', 'inpainting',
-                  'surprisal')
+  e.evaluators = ('text_perplexity', 'heldout_loss', 'masked_patch_psnr', 'shapes', 'glyphs',
+                  'inpainting', 'surprisal')
   e.num_examples = 16           # held-out examples per evaluator (and per probe)
   e.batch_size = 16             # examples per inference call
   e.max_new_tokens = 160        # caption decode length (a 2-shape caption is ~120 bytes)

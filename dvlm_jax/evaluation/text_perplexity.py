@@ -39,6 +39,20 @@ def _text_nll_sums(model, params, batch):
   return jnp.sum(nll * weights), jnp.sum(weights)
 
 
+def packed_batches(docs, layout, tokenizer, rows: int, seed: int):
+  """Packed batches of `rows` rows holding every document once, laid out by `layout`
+  (its masks drawn from a generator of `seed`: the same for every model)."""
+  rng = np.random.default_rng(seed)
+  packer = layout_lib.Packer(layout, rows)
+  for doc in docs:
+    encoded = layout_lib.encode_document(doc, layout, tokenizer, rng)
+    if not packer.add(encoded):
+      yield packer.finish()[0]
+      packer.add(encoded)
+  if packer.stats.documents:
+    yield packer.finish()[0]
+
+
 class TextPerplexity(Evaluator):
   """Per-token loss and perplexity of held-out captions, alone and after their image."""
 
@@ -53,22 +67,11 @@ class TextPerplexity(Evaluator):
                    'text/caption_loss': math.log(vocab), 'text/caption_perplexity': float(vocab)}
     self.grids = {}
 
-  def _batches(self, docs, rows: int):
-    """Packed batches of `rows` rows holding every document once."""
-    rng = np.random.default_rng(self.seed)  # drawn from, but with nothing masked or dropped
-    packer = layout_lib.Packer(self.layout, rows)
-    for doc in docs:
-      encoded = layout_lib.encode_document(doc, self.layout, self.tokenizer, rng)
-      if not packer.add(encoded):
-        yield packer.finish()[0]
-        packer.add(encoded)
-    if packer.stats.documents:
-      yield packer.finish()[0]
-
   def _loss(self, vlm, docs) -> float:
     nll = weight = 0.0
     ctx = vlm.context   # the rows split over its devices: padded to a multiple of them
-    for batch in self._batches(docs, ctx.rows_for(self.batch_size)):
+    for batch in packed_batches(docs, self.layout, self.tokenizer,
+                                ctx.rows_for(self.batch_size), self.seed):
       with ctx.scope():
         sums = _text_nll_sums(vlm.model, vlm.params, ctx.put_rows(batch))
       batch_nll, batch_weight = ctx.to_host(sums)

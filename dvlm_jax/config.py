@@ -602,6 +602,12 @@ def product(**axes) -> list[dict[str, Any]]:
   return [dict(zip(keys, values)) for values in itertools.product(*axes.values())]
 
 
+def modality_depth(m: ConfigDict) -> int:
+  """Modality blocks a token passes outside the core (config.model): in, then out."""
+  return (max(m.text_in_layers, m.image_in_layers)
+          + max(m.text_out_layers, m.imun_out_layers, m.imgen_out_layers))
+
+
 def janus_like(c: ConfigDict) -> ConfigDict:
   """The Janus-like baseline: one shared stack, causal single-scale images, no MIM,
   next-patch generation through the diffusion head (continuous-token autoregression).
@@ -610,8 +616,7 @@ def janus_like(c: ConfigDict) -> ConfigDict:
   many blocks as in the dream model of the same size (compare at equal depth).
   """
   m = c.model
-  m.core_layers += (max(m.text_in_layers, m.image_in_layers)
-                    + max(m.text_out_layers, m.imun_out_layers, m.imgen_out_layers))
+  m.core_layers += modality_depth(m)
   apply_ablation(c, 'no_modality_blocks')
   c.model.imun_head = False
   c.image.attention = 'causal'

@@ -58,6 +58,12 @@ def t_half_width(se: float, n: int, level: float) -> float:
   return float(stats.t.ppf(1.0 - level / 2.0, n - 1)) * se
 
 
+def mean_interval(values: Sequence[float], level: float = ALPHA) -> tuple[float, float]:
+  """(mean, half-width of its two-sided t-interval with error `level`; nan below two)."""
+  t = paired_t(values, [0.0] * len(values))
+  return t['difference'], t_half_width(t['se'], t['n'], level)
+
+
 def holm(pvalues: Sequence[float], alpha: float = ALPHA) -> tuple[list[float], list[float]]:
   """(adjusted p, per-comparison error level of its interval), in the input order.
 

@@ -30,12 +30,14 @@ The tokenizer was trained on the built shapes set's captions (deterministic):
   python -m dvlm_jax.train --config experiments/small.py --workdir runs/small
   python -m dvlm_jax.train --config experiments/small.py:single_copy --workdir runs/small_1copy
 
-The optional argument names one ablation from `dvlm_jax.config.ABLATIONS`.
+The optional argument names one ablation from `dvlm_jax.config.ABLATIONS`
+(`variants.ablate`: removed modality blocks give their depth and parameters to the core).
 """
 
 import os
 
 from dvlm_jax import config as cfg_lib
+from dvlm_jax import variants
 
 TOKENIZER = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'assets', 'shapes_bpe.model')
 
@@ -90,29 +92,67 @@ def get_config(arg=None):
   c.eval.max_new_tokens = 16     # a caption is at most 9 tokens
   c.eval.cfg_scale = 1.5         # 3 washes this head's colours out to white
   if arg:
-    cfg_lib.apply_ablation(c, arg)
+    variants.ablate(c, arg)
   return c
 
 
 def get_study(arg=None):
-  """The seed's claims against the Janus-like baseline, at equal training FLOPs, 2 seeds:
+  """The seed's claims against the dream config and the Janus-like baseline, at equal
+  training FLOPs and parameters, 5 paired seeds, metrics pre-registered below:
 
     python -m dvlm_jax.study --config experiments/small.py --workdir runs/study
 
-  Every variant trains for the FLOPs of 300 steps of the dream config (about 7 minutes a
-  run on 2 CPU cores) and is scored on 32 held-out scenes.
+  Every arm trains for the FLOPs of 300 steps of the dream config and is evaluated on
+  64 test scenes at 4 points along its budget (docs/study.md). `arg` 'lr=X' runs every
+  arm at learning rate X (the same small sweep for every arm).
   """
-  del arg
+  lr = {}
+  if arg:
+    key, _, value = arg.partition('=')
+    if key != 'lr' or not value:
+      raise cfg_lib.ConfigError(f"small.py: get_study takes 'lr=X' or nothing, got {arg!r}")
+    lr = {'optim.lr': float(value)}
   here = os.path.abspath(__file__)
-  variants = {'dream': here, **{name: f'{here}:{name}' for name in sorted(cfg_lib.ABLATIONS)},
-              'janus': os.path.join(os.path.dirname(here), 'janus.py') + ':small'}
-  return {'variants': variants, 'reference': 'dream', 'seeds': (0, 1),
-          'overrides': {'train.steps': 300, 'eval.num_examples': 32,
-                        'eval.evaluators': ('text_perplexity', 'masked_patch_psnr', 'shapes',
+  arms = {'dream': here, **{name: f'{here}:{name}' for name in sorted(cfg_lib.ABLATIONS)},
+          'janus': os.path.join(os.path.dirname(here), 'janus.py') + ':small'}
+  caption = ('text/caption_loss', 'shapes/caption/scene', 'shapes/caption/colour',
+             'shapes/caption/kind')
+  generation = ('loss/imgen/6x6', 'shapes/generation/scene', 'shapes/generation/colour',
+                'shapes/generation/position')
+  learning = ('text/caption_loss@auc', 'loss/imgen/6x6@auc')
+  metrics = {**{m: 'lower' for m in ('text/caption_loss', 'loss/imgen/3x3', 'loss/imgen/6x6',
+                                     'loss/imun/3x3', 'loss/imun/6x6') + learning},
+             **{f'shapes/{probe}/{a}': 'higher' for probe in ('caption', 'generation')
+                for a in ('kind', 'colour', 'size', 'position', 'scene')},
+             'inpaint/psnr': 'higher', 'inpaint/shape_recovered': 'higher',
+             **{f'surprisal/auroc_{edit}': 'higher' for edit in ('recolour', 'move', 'remove')},
+             'shapes/self_correction/scene': 'higher'}
+  # What each claim is judged on (the family Holm corrects over): what its mechanism
+  # should move, not every metric.
+  comparisons = {
+      'no_modality_blocks': caption + generation + learning,
+      'no_in_blocks': caption + generation,
+      'no_out_blocks': caption + generation,
+      'causal_images': caption + generation + ('inpaint/psnr',),
+      'no_masked_modelling': caption + generation + ('surprisal/auroc_recolour',),
+      'single_scale': generation + ('loss/imgen/6x6@auc',),
+      'single_copy': generation + ('loss/imun/6x6', 'text/caption_loss'),
+      'no_diffusion': caption,
+      'no_target_shift': generation + ('loss/imun/6x6', 'surprisal/auroc_recolour'),
+      'janus': caption + generation + learning + ('inpaint/psnr',)}
+  return {'variants': arms, 'reference': 'dream', 'baseline': 'janus',
+          'seeds': (0, 1, 2, 3, 4), 'points': 4, 'metrics': metrics,
+          'comparisons': comparisons,
+          # The dream config alone: does self-correction change what it draws, does its
+          # surprise tell an edited picture from a clean one (against 0 and chance 0.5)?
+          'effects': {'shapes/self_correction/scene': 0.0, 'surprisal/auroc_recolour': 0.5,
+                      'surprisal/auroc_move': 0.5, 'surprisal/auroc_remove': 0.5},
+          'overrides': {**lr, 'train.steps': 300, 'eval.num_examples': 64,
+                        'eval.shapes.self_correct': True,
+                        'eval.evaluators': ('text_perplexity', 'heldout_loss', 'shapes',
                                             'inpainting', 'surprisal')},
-          'chart': ('shapes/caption/colour', 'shapes/caption/position',
-                    'shapes/generation/colour', 'shapes/generation/position',
-                    'text/perplexity')}
+          'chart': ('text/caption_loss', 'loss/imgen/6x6', 'shapes/caption/scene',
+                    'shapes/generation/scene', 'surprisal/auroc_recolour')}
 
 
 def get_sweep(arg=None):

@@ -268,6 +268,9 @@ def test_what_a_variant_cannot_do_is_recorded_as_not_applicable(tmp_path):
     if 'shapes/generation_sc/resampled' in metrics:
       assert 0.0 <= metrics['shapes/generation_sc/resampled'] <= 1.0
       assert 'shapes/generation_sc/threshold_2' in metrics
+      assert metrics['shapes/self_correction/colour'] == pytest.approx(
+          metrics['shapes/generation_sc/colour'] - metrics['shapes/generation/colour'])
+    assert ('shapes/self_correction/scene' in metrics) == ('shapes/generation_sc/scene' in metrics)
     table = runner.summary_table(metrics, record['chance'], record['not_applicable'])
     assert sum(' n/a ' in line for line in table.splitlines()) == len(expected)
 

@@ -270,6 +270,9 @@ def finished(run: Run) -> dict | None:
     return None
   with open(path) as f:
     record = json.load(f)
+  if 'eval_steps' not in record:
+    raise cfg_lib.ConfigError(f'{path} was written by an older study (one evaluation, no '
+                              'learning curve): run this study in a new --workdir')
   curve, chance, not_applicable, eval_seconds = [], {}, {}, 0.0
   for step in record['eval_steps']:
     with open(os.path.join(run.workdir, 'eval', f'{step}.json')) as f:

@@ -121,7 +121,8 @@ def get_study(arg=None):
                 'shapes/generation/position')
   learning = ('text/caption_loss@auc', 'loss/imgen/6x6@auc')
   metrics = {**{m: 'lower' for m in ('text/caption_loss', 'loss/imgen/3x3', 'loss/imgen/6x6',
-                                     'loss/imun/3x3', 'loss/imun/6x6') + learning},
+                                     'recon/imun_loss/scale_1', 'recon/imun_loss/scale_2')
+                + learning},
              **{f'shapes/{probe}/{a}': 'higher' for probe in ('caption', 'generation')
                 for a in ('kind', 'colour', 'size', 'position', 'scene')},
              'inpaint/psnr': 'higher', 'inpaint/shape_recovered': 'higher',
@@ -136,9 +137,9 @@ def get_study(arg=None):
       'causal_images': caption + generation + ('inpaint/psnr',),
       'no_masked_modelling': caption + generation + ('surprisal/auroc_recolour',),
       'single_scale': generation + ('loss/imgen/6x6@auc',),
-      'single_copy': generation + ('loss/imun/6x6', 'text/caption_loss'),
+      'single_copy': generation + ('recon/imun_loss/scale_2', 'text/caption_loss'),
       'no_diffusion': caption,
-      'no_target_shift': generation + ('loss/imun/6x6', 'surprisal/auroc_recolour'),
+      'no_target_shift': generation + ('recon/imun_loss/scale_2', 'surprisal/auroc_recolour'),
       'janus': caption + generation + learning + ('inpaint/psnr',)}
   return {'variants': arms, 'reference': 'dream', 'baseline': 'janus',
           'seeds': (0, 1, 2, 3, 4), 'points': 4, 'metrics': metrics,
@@ -149,8 +150,8 @@ def get_study(arg=None):
                       'surprisal/auroc_move': 0.5, 'surprisal/auroc_remove': 0.5},
           'overrides': {**lr, 'train.steps': 300, 'eval.num_examples': 64,
                         'eval.shapes.self_correct': True,
-                        'eval.evaluators': ('text_perplexity', 'heldout_loss', 'shapes',
-                                            'inpainting', 'surprisal')},
+                        'eval.evaluators': ('text_perplexity', 'heldout_loss', 'masked_patch_psnr',
+                                            'shapes', 'inpainting', 'surprisal')},
           'chart': ('text/caption_loss', 'loss/imgen/6x6', 'shapes/caption/scene',
                     'shapes/generation/scene', 'surprisal/auroc_recolour')}
 

@@ -15,7 +15,7 @@ EVALUATORS = {
     'text_perplexity': ('text_perplexity.TextPerplexity',
                         'LM loss and perplexity of held-out captions (plain forward pass)'),
     'heldout_loss': ('heldout_loss.HeldOutLoss',
-                     'diffusion loss given the caption and masked-patch loss, per scale'),
+                     'diffusion loss given the caption, per scale (no sampling)'),
     'masked_patch_psnr': ('reconstruction.MaskedPatchPSNR',
                           'imun reconstruction PSNR and MSE of masked patches, per scale'),
     'shapes': ('shapes_eval.ShapesEval',

@@ -145,3 +145,40 @@ def test_the_small_study_pre_registers_every_claim_paired_over_five_seeds():
   assert set(study.comparisons) == set(cfg_lib.ABLATIONS) | {'janus'}
   assert 'eval.split' not in dict(o.split('=', 1) for o in study.overrides)   # SPLIT's
   assert study_lib.families(study)['effects'] == [study_lib.NULL]
+
+
+def _run(variant, seed, values, not_applicable=None):
+  curve = [{'step': s, 'fraction': s / 4, 'metrics': {k: v * s / 4 for k, v in values.items()}}
+           for s in (2, 4)]
+  return {'variant': variant, 'seed': seed, 'steps': 4, 'params': 1e6, 'flops_per_step': 1e9,
+          'train_flops': 4e9, 'eval_steps': [2, 4], 'spec': 'x.py', 'seconds': 60.0,
+          'eval_seconds': 6.0, 'curve': curve, 'final': study_lib.final_metrics(curve),
+          'chance': {'acc': 0.25}, 'not_applicable': not_applicable or {}}
+
+
+def test_families_baseline_effects_and_what_an_arm_cannot_be_asked():
+  study = study_lib.Study('x.py', {'dream': 'x.py', 'no_head': 'x.py:no_head', 'janus': 'j.py'},
+                          'dream', 'janus', (0, 1, 2), {'acc': False, 'gen': False}, {},
+                          {'acc': 0.25}, 2, (), (), 'unused')
+  records = {'dream': [_run('dream', s, {'acc': 0.6 + 0.01 * s, 'gen': 0.5}) for s in range(3)],
+             'no_head': [_run('no_head', s, {'acc': 0.5 + 0.012 * s}, {'gen': 'no head'})
+                         for s in range(3)],
+             'janus': [_run('janus', s, {'acc': 0.59 + 0.011 * s, 'gen': 0.4}) for s in range(3)]}
+  data = study_lib.analyse(study, records, 'python -m dvlm_jax.study ...')
+  rows = {(c['family'], c['arm'], c['metric']): c for c in data['comparisons']}
+  assert set(rows) == {('claims', 'no_head', 'acc'), ('claims', 'no_head', 'gen'),
+                       ('baseline', 'janus', 'acc'), ('baseline', 'janus', 'gen'),
+                       ('effects', study_lib.NULL, 'acc')}
+  assert rows['claims', 'no_head', 'gen']['verdict'] == 'n/a'
+  assert rows['claims', 'no_head', 'gen']['why'] == 'no head'
+  claim = rows['claims', 'no_head', 'acc']   # the only test in its family: no correction
+  assert claim['difference'] == pytest.approx(-0.1 + 0.002) and claim['verdict'] == 'helps'
+  assert claim['p_holm'] == pytest.approx(claim['p'])
+  # The dream config against the null value: 0.25 in every seed, so it "helps" when above.
+  effect = rows['effects', study_lib.NULL, 'acc']
+  assert effect['difference'] == pytest.approx(0.25 - 0.61) and effect['verdict'] == 'helps'
+  assert rows['baseline', 'janus', 'gen']['verdict'] == 'helps'   # no spread: p = 0
+  assert data['runs'][0]['final']['acc@auc'] == pytest.approx(0.75 * 0.6)
+  report = study_lib.write_markdown(data)
+  assert '| no_head | gen | higher | | | n/a: no head | | n/a | | 0 |' in report
+  assert '## The Janus-like baseline against the dream config' in report

@@ -175,8 +175,8 @@ def defaults() -> ConfigDict:
   c.eval = e = ConfigDict()
   e.every = 0                   # evaluate every N training steps (0 = off)
   e.at_end = True               # and at the last training step
-  e.evaluators = ('text_perplexity', 'masked_patch_psnr', 'shapes', 'glyphs', 'inpainting',
-                  'surprisal')
+  e.evaluators = ('text_perplexity', 'heldout_loss', 'masked_patch_psnr', 'shapes', 'glyphs',
+                  'inpainting', 'surprisal')
   e.num_examples = 16           # held-out examples per evaluator (and per probe)
   e.batch_size = 16             # examples per inference call
   e.max_new_tokens = 160        # caption decode length (a 2-shape caption is ~120 bytes)
@@ -184,7 +184,8 @@ def defaults() -> ConfigDict:
   e.temperature = 1.0           # starting-noise scale of image sampling (generation, inpainting)
   e.sample_steps = 8            # diffusion steps per scale (0 = diffusion.sample_steps)
   e.seed = 0                    # masks, noise and the built-in held-out scenes
-  e.split = 'test'              # held-out split of the image evaluators (perplexity: validation)
+  e.split = 'validation'        # held-out split of every evaluator: validation chooses recipes;
+                                # test is read by the study's final table alone (docs/study.md)
   # One evaluator's own settings, in a section named as the evaluator.
   e.shapes = ConfigDict()
   e.shapes.self_correct = False        # also generate with self-correction (generation_sc/*)

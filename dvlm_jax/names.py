@@ -16,6 +16,8 @@ DIFFUSION_OBJECTIVES = ('flow', 'flow_x0', 'flow_x0_mse', 'eps', 'v')
 EVALUATORS = {
     'text_perplexity': ('text_perplexity.TextPerplexity',
                         'LM loss and perplexity of held-out captions (plain forward pass)'),
+    'heldout_loss': ('heldout_loss.HeldOutLoss',
+                     'diffusion loss given the caption, per scale (no sampling)'),
     'masked_patch_psnr': ('reconstruction.MaskedPatchPSNR',
                           'imun reconstruction PSNR and MSE of masked patches, per scale'),
     'shapes': ('shapes_eval.ShapesEval',

@@ -1,7 +1,17 @@
 """Model variants shared by the experiment files: sizes, the ablations of the seed essay's
 claims, the Janus-like baseline, and sweep points.
 
-  c = config.defaults(); variants.apply_size(c, 'small'); variants.apply_ablation(c, 'single_copy')
+  c = config.defaults(); variants.apply_size(c, 'small'); variants.ablate(c, 'single_copy')
+
+  ablate(config, name)            `apply_ablation`; where it removes modality blocks, their
+                                  per-token depth goes to the shared core and the MLP width
+                                  restores the parameter count
+  matched_mlp_dim(config, target) the MLP width that gives `config` `target` parameters
+
+Removing the modality blocks alone would halve the small model's parameters and compare
+separation with size; the Janus-like baseline (`experiments/janus.py`) is matched the
+same way. Every experiment that takes an ablation argument goes through `ablate`, so
+`small.py:no_modality_blocks` is the same model in a train command and in the study.
 """
 
 from __future__ import annotations
@@ -78,8 +88,7 @@ def janus_like(c: ConfigDict) -> ConfigDict:
   many blocks as in the dream model of the same size (compare at equal depth).
   """
   m = c.model
-  m.core_layers += (max(m.text_in_layers, m.image_in_layers)
-                    + max(m.text_out_layers, m.imun_out_layers, m.imgen_out_layers))
+  m.core_layers += modality_depth(m)
   apply_ablation(c, 'no_modality_blocks')
   c.model.imun_head = False
   c.image.attention = 'causal'
@@ -90,3 +99,46 @@ def janus_like(c: ConfigDict) -> ConfigDict:
   c.image.share_unmasked = 1.0
   c.image.share_fully_masked = 0.0
   return c
+
+
+def modality_depth(m: ConfigDict) -> int:
+  """Modality blocks a token passes outside the core (config.model): in, then out."""
+  return (max(m.text_in_layers, m.image_in_layers)
+          + max(m.text_out_layers, m.imun_out_layers, m.imgen_out_layers))
+
+
+# The matched MLP width is the coarsest of these multiples (tile- and shard-friendly) that
+# lands within TOLERANCE of the target parameter count.
+MLP_MULTIPLES = (256, 128, 64, 32, 16)
+TOLERANCE = 0.025
+
+
+def matched_mlp_dim(config, target: int) -> int:
+  """The MLP width that gives `config` `target` parameters (counts are linear in the
+  width: two abstract inits give the line)."""
+  from dvlm_jax.model.dvlm import param_count   # jax: only when a width is matched
+  c = ConfigDict(config.to_dict())
+  width = c.model.mlp_dim
+  at_width = param_count(c)
+  c.model.mlp_dim = width + 1
+  per_unit = param_count(c) - at_width
+  exact = width + (target - at_width) / per_unit
+  for multiple in MLP_MULTIPLES:
+    matched = max(multiple, int(round(exact / multiple)) * multiple)
+    if abs(at_width + (matched - width) * per_unit - target) <= TOLERANCE * target:
+      break
+  return matched
+
+
+def ablate(config, name: str):
+  """Switches claim `name` off (`ABLATIONS`) at the parameters of `config`."""
+  from dvlm_jax.model.dvlm import param_count
+  depth = modality_depth(config.model)
+  target = None
+  if any(key.endswith('_layers') for key in ABLATIONS.get(name, {})):
+    target = param_count(config)
+  apply_ablation(config, name)
+  if target is not None:
+    config.model.core_layers += depth - modality_depth(config.model)
+    config.model.mlp_dim = matched_mlp_dim(config, target)
+  return config

@@ -3,7 +3,8 @@
   python -m dvlm_jax.train --config experiments/b1.py --workdir runs/b1
   python -m dvlm_jax.train --config experiments/b1.py --workdir runs/b1 --config.model.remat=full
 
-The optional argument names one ablation from `dvlm_jax.variants.ABLATIONS`.
+The optional argument names one ablation from `dvlm_jax.variants.ABLATIONS`
+(`variants.ablate`: removed modality blocks give their depth and parameters to the core).
 """
 
 from dvlm_jax import config as cfg_lib
@@ -35,5 +36,5 @@ def get_config(arg=None):
   c.train.steps = 200_000
   c.train.log_every = 50
   if arg:
-    variants.apply_ablation(c, arg)
+    variants.ablate(c, arg)
   return c

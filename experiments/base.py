@@ -3,7 +3,8 @@
   python -m dvlm_jax.train --config experiments/base.py --workdir runs/base
   python -m dvlm_jax.train --config experiments/base.py:no_out_blocks --workdir runs/base_noout
 
-The optional argument names one ablation from `dvlm_jax.variants.ABLATIONS`.
+The optional argument names one ablation from `dvlm_jax.variants.ABLATIONS`
+(`variants.ablate`: removed modality blocks give their depth and parameters to the core).
 """
 
 from dvlm_jax import config as cfg_lib
@@ -28,5 +29,5 @@ def get_config(arg=None):
   c.train.steps = 100_000
   c.train.log_every = 50
   if arg:
-    variants.apply_ablation(c, arg)
+    variants.ablate(c, arg)
   return c

@@ -14,13 +14,8 @@ modality blocks hold parameters that a shared stack of the same depth does not h
 import os
 
 from dvlm_jax import config as cfg_lib
-from dvlm_jax.errors import ConfigError
 from dvlm_jax import variants
-
-# The matched MLP width is the coarsest of these multiples (tile- and shard-friendly) that
-# lands within TOLERANCE of the dream model's parameter count.
-MLP_MULTIPLES = (256, 128, 64, 32, 16)
-TOLERANCE = 0.025
+from dvlm_jax.errors import ConfigError
 
 
 def get_config(arg=None):
@@ -29,24 +24,7 @@ def get_config(arg=None):
     raise ConfigError(f"janus.py: unknown size {size!r}; choose one of {sorted(variants.SIZES)}")
   path = os.path.join(os.path.dirname(__file__), f'{size}.py')
   dream = cfg_lib.load_experiment(path).get_config()
+  from dvlm_jax.model.dvlm import param_count   # jax: only when a config is built
   c = variants.janus_like(cfg_lib.ConfigDict(dream.to_dict()))
-  c.model.mlp_dim = matched_mlp_dim(c, dream)
+  c.model.mlp_dim = variants.matched_mlp_dim(c, param_count(dream))
   return c
-
-
-def matched_mlp_dim(baseline, dream) -> int:
-  """The MLP width that gives `baseline` the parameter count of `dream` (counts are
-  linear in the width: two abstract inits give the line)."""
-  from dvlm_jax.model.dvlm import param_count
-  target = param_count(dream)
-  c = cfg_lib.ConfigDict(baseline.to_dict())
-  width = c.model.mlp_dim
-  at_width = param_count(c)
-  c.model.mlp_dim = width + 1
-  per_unit = param_count(c) - at_width
-  exact = width + (target - at_width) / per_unit
-  for multiple in MLP_MULTIPLES:
-    matched = max(multiple, int(round(exact / multiple)) * multiple)
-    if abs(at_width + (matched - width) * per_unit - target) <= TOLERANCE * target:
-      break
-  return matched

@@ -3,7 +3,8 @@
   python -m dvlm_jax.train --config experiments/tiny.py --workdir runs/tiny
   python -m dvlm_jax.train --config experiments/tiny.py:causal_images --workdir runs/tiny_causal
 
-The optional argument names one ablation from `dvlm_jax.variants.ABLATIONS`.
+The optional argument names one ablation from `dvlm_jax.variants.ABLATIONS`
+(`variants.ablate`: removed modality blocks give their depth and parameters to the core).
 """
 
 import os
@@ -27,19 +28,23 @@ def get_config(arg=None):
   c.train.log_every = 10
   c.eval.at_end = False          # tests evaluate explicitly; keeps every tiny run fast
   if arg:
-    variants.apply_ablation(c, arg)
+    variants.ablate(c, arg)
   return c
 
 
 def get_study(arg=None):
-  """A two-variant study on a minimal budget, used by the tests of `dvlm_jax.study`.
+  """A two-arm study on a minimal budget, used by the tests of `dvlm_jax.study`: 4 steps of
+  the dream config, evaluated at every step on 2 held-out scenes.
 
     python -m dvlm_jax.study --config experiments/tiny.py --workdir runs/tiny_study
   """
   del arg
   here = os.path.abspath(__file__)
-  return {'variants': {'dream': here, 'no_diffusion': f'{here}:no_diffusion'}, 'seeds': (0, 1),
-          'overrides': {'train.steps': 2, 'model.core_layers': 1, 'checkpoint.every': 1000,
+  return {'variants': {'dream': here, 'no_diffusion': f'{here}:no_diffusion'},
+          'reference': 'dream', 'seeds': (0, 1), 'points': 4,
+          'metrics': {'text/caption_loss': 'lower', 'text/loss': 'lower',
+                      'text/caption_loss@auc': 'lower'},
+          'overrides': {'train.steps': 4, 'train.log_every': 2, 'model.core_layers': 1,
                         'eval.evaluators': ('text_perplexity',), 'eval.num_examples': 2}}
 
 

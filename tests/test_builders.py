@@ -277,6 +277,10 @@ def test_shapes_splits_never_share_a_caption():
   assert not captions['train'] & captions['test']
   assert not captions['train'] & captions['validation']
   assert not captions['validation'] & captions['test']
+  # The one-shape world's 378 compositions: every split holds enough distinct ones.
+  counts = splits.compositions(1)
+  assert sum(counts.values()) == 378 and min(counts['validation'], counts['test']) >= 50
+  assert len(captions['test']) <= counts['test'] and splits.compositions(2) is None
 
 
 # -------------------------------------------------------------------------- glyphs

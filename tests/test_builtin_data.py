@@ -177,7 +177,7 @@ def test_builtin_records_are_deterministic_held_out_and_mixed():
     scene = shapes.parse_caption(record['texts'][0])
     np.testing.assert_array_equal(record['images'][0], shapes.render(scene, 16))
   # Only the training split's captions: the held-out probes' captions are never trained on.
-  assert {splits.split_by_caption(r['texts'][0]) for r in first} == {'train'}
+  assert {splits.scene_split(shapes.parse_caption(r['texts'][0])) for r in first} == {'train'}
   assert builtin.BuiltinSource(config)[7]['id'] == 'builtin/7'
 
 

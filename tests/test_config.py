@@ -6,6 +6,7 @@ import os
 import pytest
 
 from dvlm_jax import config as cfg_lib
+from dvlm_jax import variants
 from dvlm_jax.errors import ConfigError
 from dvlm_jax.model.dvlm import param_count
 from tests.conftest import ROOT
@@ -39,6 +40,18 @@ def test_janus_baseline_is_everything_shared_at_equal_depth():
   # A wider shared MLP gives it the dream model's parameter count.
   assert janus.model.mlp_dim > dream.model.mlp_dim
   assert abs(param_count(janus) / param_count(dream) - 1) <= 0.05
+
+
+def test_ablations_that_remove_modality_blocks_keep_depth_and_parameters():
+  dream = cfg_lib.load(TINY)
+  depth = dream.model.core_layers + variants.modality_depth(dream.model)
+  for name in ('no_modality_blocks', 'no_in_blocks', 'no_out_blocks'):
+    arm = cfg_lib.load(f'{TINY}:{name}')
+    assert arm.model.core_layers + variants.modality_depth(arm.model) == depth, name
+    assert arm.model.core_layers > dream.model.core_layers and arm.model.mlp_dim > dream.model.mlp_dim
+    assert abs(param_count(arm) / param_count(dream) - 1) <= variants.TOLERANCE, name
+  # A claim that is a head, not blocks, keeps the rest of the model as it is.
+  assert cfg_lib.load(f'{TINY}:no_diffusion').model.mlp_dim == dream.model.mlp_dim
 
 
 def test_overrides_are_typed():

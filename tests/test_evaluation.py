@@ -270,6 +270,9 @@ def test_what_a_variant_cannot_do_is_recorded_as_not_applicable(tmp_path):
     if 'shapes/generation_sc/resampled' in metrics:
       assert 0.0 <= metrics['shapes/generation_sc/resampled'] <= 1.0
       assert 'shapes/generation_sc/threshold_2' in metrics
+      assert metrics['shapes/self_correction/colour'] == pytest.approx(
+          metrics['shapes/generation_sc/colour'] - metrics['shapes/generation/colour'])
+    assert ('shapes/self_correction/scene' in metrics) == ('shapes/generation_sc/scene' in metrics)
     table = runner.summary_table(metrics, record['chance'], record['not_applicable'])
     assert sum(' n/a ' in line for line in table.splitlines()) == len(expected)
 
@@ -336,6 +339,9 @@ def test_every_evaluator_reports_its_metrics(run_dir):
     assert 0.5 * chance[f'text/{kind}'] < metrics[f'text/{kind}'] < 2 * chance[f'text/{kind}']
     assert np.isclose(metrics[f'text/{kind.replace("loss", "perplexity")}'],
                       np.exp(metrics[f'text/{kind}']))
+  # HeldOutLoss: per patch grid of the tiny model (2 x 2, 4 x 4).
+  assert {k for k in metrics if k.startswith('loss/')} == {'loss/imgen/2x2', 'loss/imgen/4x4'}
+  assert all(0 < metrics[k] < 10 for k in metrics if k.startswith('loss/'))
   # MaskedPatchPSNR: per scale of the tiny model (2 scales), PSNR and MSE agree.
   for k in (1, 2):
     psnr, mse = metrics[f'recon/psnr/scale_{k}'], metrics[f'recon/mse/scale_{k}']

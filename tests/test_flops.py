@@ -4,6 +4,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 
+from dvlm_jax import variants
 from dvlm_jax import contract
 from dvlm_jax.data import layout
 from dvlm_jax.model.dvlm import DreamVLM
@@ -27,7 +28,8 @@ def test_stage_counts_follow_the_switches():
   assert set(useful) == set(flops.STAGES) and all(v > 0 for v in useful.values())
   assert flops.train_step_flops(config, batch) == flops.TRAIN_FACTOR * sum(useful.values())
   # Without out blocks those stages cost nothing and nothing else changes.
-  no_out = flops.stage_flops(tiny_config('no_out_blocks'), batch)
+  # (the switch alone: the study's arm also gives the blocks' depth to the core)
+  no_out = flops.stage_flops(variants.apply_ablation(tiny_config(), 'no_out_blocks'), batch)
   for stage, value in no_out.items():
     assert value == (0.0 if stage.endswith('_out') else useful[stage]), stage
   # Each stage's useful work is part of what the model computes today.

@@ -21,6 +21,7 @@ from PIL import Image
 from dvlm_jax.data import layout, tokenizer as tok
 from dvlm_jax.inference import generation
 from dvlm_jax.inference import inpainting
+from dvlm_jax.inference import surprisal as surprisal_lib
 from dvlm_jax.inference import sequence, text as text_lib
 from dvlm_jax.inference.api import VLM
 from dvlm_jax import generate
@@ -346,6 +347,48 @@ def test_activation_surprise_over_the_cache_equals_the_reference_and_calibrates(
   never = vlm.generate_images(PROMPTS, cfg_scale=2.0, steps=2, seed=3, self_correct=True,
                               threshold=tuple(h + 1.0 for h in high), max_tries=2)
   assert [g.tries for g in never] == [[1, 1]] * 2
+
+
+@pytest.mark.parametrize('shift', [0, 1])
+def test_surprise_compares_expectation_and_sight_of_the_same_patch(shift):
+  """With target_shift=1 M_k's position j decodes patch j + 1: the expecting position of
+  patch j is the one whose training target is patch j, and the seeing position is where
+  patch j itself is fed (U_k's j)."""
+  cfg = layout_config(target_shift=shift, scales=(2, 4), patch_size=4)
+  image = random_image(1, 16, 16)
+  item = sequence.image_item(image, cfg, [np.ones(s * s, bool) for s in cfg.scales])
+  doc = sequence.encode(['hi', item], cfg, tok.ByteTokenizer())
+  start = int(np.flatnonzero(doc['tokens'] == tok.IMG)[0])
+  batch = sequence.place([doc], cfg, start + cfg.image_tokens, [start], start)
+  batch = {k: v for k, v in batch.items()}
+  slots = sequence.image_slots(batch, shift)
+  train = layout.encode_document(['hi', image], dataclasses.replace(
+      cfg, share_unmasked=0.0, share_fully_masked=1.0, caption_dropout=0.0, prompted_fully_masked=1.0),
+      tok.ByteTokenizer(), np.random.default_rng(0))
+  for k in range(len(cfg.scales)):
+    expecting, seeing = generation.surprise_positions(slots, k)
+    train_at = expecting - start + int(np.flatnonzero(train['tokens'] == tok.IMG)[0])
+    assert (train['image_weights'][train_at] > 0).all()
+    np.testing.assert_allclose(train['image_targets'][train_at], batch['patches'][0, seeing])
+    np.testing.assert_allclose(batch['patches'][0, seeing], item.patches[k])
+
+
+def test_surprisal_reads_the_core_where_each_patch_is_expected_and_seen(vlm, monkeypatch):
+  cfg = vlm.layout
+  seen = []
+  core_at = surprisal_lib.core_at
+  monkeypatch.setattr(surprisal_lib, 'core_at',
+                      lambda params, batch, positions, model: seen.append(np.asarray(positions))
+                      or core_at(params, batch, positions, model=model))
+  item = sequence.image_item(random_image(2, 30, 30), cfg,
+                             [np.ones(s * s, bool) for s in cfg.scales])
+  surprisal_lib.surprisal(vlm._images, vlm.params, [['a red circle', item]])
+  batch = vlm._images.rows([['a red circle', item]])
+  slots = sequence.image_slots(batch, cfg.target_shift)
+  pairs = [generation.surprise_positions(slots, k) for k in range(len(cfg.scales))]
+  assert cfg.target_shift == 1
+  np.testing.assert_array_equal(seen[0], np.concatenate([e for e, _ in pairs] + [f for _, f in pairs]))
+  assert pairs[0][0][0] == slots.markers[0]   # patch 0 of scale 1 is decoded at its marker
 
 
 def test_inpainting_keeps_unmasked_pixels_bit_identical(vlm):

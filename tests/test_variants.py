@@ -35,9 +35,9 @@ def variant_spec(variant):
 @pytest.mark.parametrize('variant', VARIANTS)
 def test_variant_trains_and_evaluates_from_its_checkpoint(variant, tmp_path):
   from dvlm_jax import study as study_lib
-  study = study_lib.Study(TINY, {variant: variant_spec(variant)}, variant, (0,),
-                          tuple(OVERRIDES), (), str(tmp_path))
-  study_lib.run_one(study, variant, 0, 2)    # what the study runs: train, restore, evaluate
+  study = study_lib.Study(TINY, {variant: variant_spec(variant)}, variant, None, (0,),
+                          {'text/loss': True}, {}, {}, 1, tuple(OVERRIDES), (), str(tmp_path))
+  study_lib.run_one(study, variant, 0, 2)    # what the study runs: train, evaluate at its end
   workdir = study.runs()[0].workdir
   with open(os.path.join(workdir, 'eval', '2.json')) as f:
     record = json.load(f)

@@ -1,6 +1,6 @@
 """ShapesEval: the shapes world as an evaluation with exact answers.
 
-Probes on the held-out split (`eval.split`, default test); `glyphs` is its own
+Probes on the held-out split (`eval.split`, default validation); `glyphs` is its own
 evaluator (GlyphsEval), the other three are `shapes`:
 
   captions    describe each image (clean mode), read the text with
@@ -15,6 +15,9 @@ evaluator (GlyphsEval), the other three are `shapes`:
               greedily, scored against the shape (`shapes/named/*`). What the
               model sees, without its grammar or the order it lists shapes in;
               per kind, the share of shapes of that kind named right;
+  self-correction   with `eval.shapes.self_correct`, generation again re-drawing the
+              scales that surprise the model (`generation_sc/*`), and the change it
+              makes per attribute (`self_correction/*`: with minus without);
   glyphs      describe glyph pictures (a large letter made of small shapes) and
               read both answers from the one caption: the letter (coarse view)
               and the small shapes' kind and colour (fine view).
@@ -176,9 +179,15 @@ class ShapesEval(Evaluator):
       return metrics
     if self.self_correct:
       try:
-        metrics.update(self._self_corrected(vlm, scenes))
+        corrected = self._self_corrected(vlm, scenes)
       except Unsupported as e:   # e.g. the baseline, which draws patch by patch
-        self.not_applicable['shapes/generation_sc'] = str(e)
+        self.not_applicable['shapes/generation_sc'] = str(e)   # and self_correction/*
+        return metrics
+      metrics.update(corrected)
+      # The change self-correction makes: the same prompts and noise, with and without it.
+      for name in ATTRIBUTES + ('count', 'scene'):
+        metrics[f'shapes/self_correction/{name}'] = (
+            corrected[f'shapes/generation_sc/{name}'] - metrics[f'shapes/generation/{name}'])
     return metrics
 
   def _random_scenes(self, index: int):

@@ -1,6 +1,6 @@
 """TextPerplexity: the LM's loss on held-out captions, with a plain forward pass.
 
-Two document kinds per held-out scene (the validation split, see heldout.py),
+Two document kinds per held-out scene (`eval.split`, see heldout.py),
 laid out and packed exactly like training documents (`layout.Packer`), with no
 masking and no caption dropout:
 
@@ -31,14 +31,26 @@ from dvlm_jax.data import shapes
 from dvlm_jax.evaluation.base import Evaluator
 from dvlm_jax.training import losses
 
-SPLIT = 'validation'   # model selection reads validation; test stays for the image probes
-
 
 @functools.partial(jax.jit, static_argnums=0)  # one compile per model and batch shape
 def _text_nll_sums(model, params, batch):
   """(sum of next-token NLL over text_weights, sum of weights) of one packed batch."""
   nll, _, weights = losses.text_nll(model.apply({'params': params}, batch), batch)
   return jnp.sum(nll * weights), jnp.sum(weights)
+
+
+def packed_batches(docs, layout, tokenizer, rows: int, seed: int):
+  """Packed batches of `rows` rows holding every document once, laid out by `layout`
+  (its masks drawn from a generator of `seed`: the same for every model)."""
+  rng = np.random.default_rng(seed)
+  packer = layout_lib.Packer(layout, rows)
+  for doc in docs:
+    encoded = layout_lib.encode_document(doc, layout, tokenizer, rng)
+    if not packer.add(encoded):
+      yield packer.finish()[0]
+      packer.add(encoded)
+  if packer.stats.documents:
+    yield packer.finish()[0]
 
 
 class TextPerplexity(Evaluator):
@@ -55,22 +67,11 @@ class TextPerplexity(Evaluator):
                    'text/caption_loss': math.log(vocab), 'text/caption_perplexity': float(vocab)}
     self.grids = {}
 
-  def _batches(self, docs, rows: int):
-    """Packed batches of `rows` rows holding every document once."""
-    rng = np.random.default_rng(self.seed)  # drawn from, but with nothing masked or dropped
-    packer = layout_lib.Packer(self.layout, rows)
-    for doc in docs:
-      encoded = layout_lib.encode_document(doc, self.layout, self.tokenizer, rng)
-      if not packer.add(encoded):
-        yield packer.finish()[0]
-        packer.add(encoded)
-    if packer.stats.documents:
-      yield packer.finish()[0]
-
   def _loss(self, vlm, docs) -> float:
     nll = weight = 0.0
     ctx = vlm.context   # the rows split over its devices: padded to a multiple of them
-    for batch in self._batches(docs, ctx.rows_for(self.batch_size)):
+    for batch in packed_batches(docs, self.layout, self.tokenizer,
+                                ctx.rows_for(self.batch_size), self.seed):
       with ctx.scope():
         sums = _text_nll_sums(vlm.model, vlm.params, ctx.put_rows(batch))
       batch_nll, batch_weight = ctx.to_host(sums)
@@ -80,7 +81,7 @@ class TextPerplexity(Evaluator):
 
   def run(self, vlm, step: int) -> dict[str, float]:
     del step
-    scenes = self.heldout.scenes(SPLIT, self.n)
+    scenes = self.heldout.scenes(self.split, self.n)
     text = self._loss(vlm, [[shapes.caption(s)] for s, _ in scenes])
     caption = self._loss(vlm, [[image, shapes.caption(s)] for s, image in scenes])
     return {'text/loss': text, 'text/perplexity': math.exp(text),

@@ -29,9 +29,11 @@ Self-correction (`self_correct`): after a scale is drawn, its surprise is measur
 the threshold (one, or one per scale from `surprisal.calibrate`: a percentile of real pictures'
 surprise), only the diffusion head runs again on the same cached conditions with new
 noise, up to `max_tries` samples; the least surprising one is kept. `surprise`:
-  activation  the seed's: 1 - cosine between the core output at each M_k position (before
-              the sample) and at its U_k position with the sample fed, averaged over the
-              scale; each try's U_k is fed over the cache and only looked at (`_probe`)
+  activation  the seed's: 1 - cosine between the core output where each patch of scale k
+              is decoded (M_k's position j - target_shift, before the sample) and at that
+              patch's U_k position with the sample fed, averaged over the scale
+              (`surprise_positions`: both at the same patch); each try's U_k is fed over
+              the cache and only looked at (`_probe`)
   pixel       the imun head's prediction at M_k against the sample, mean squared
               difference in pixels (a per-patch normalised prediction is given the
               sample's mean and spread first, so flat patches are not surprising)
@@ -169,7 +171,8 @@ def _chunk(params, cache, batch, *, model: DreamVLM, start: int, n: int, pred_at
            size: int):
   """One cached pass over [start, start + n) (cache None: a new one, for pass 0); returns
   the conditions and imun predictions at the next scale's predicting positions, the core
-  output of the chunk's last `size` positions (M_k, whose scale comes next) and the cache."""
+  output there (what the model expects of each patch of the scale that comes next: patch
+  j at `pred_at + j`, `surprise_positions`) and the cache."""
   if cache is None:
     cache = empty_cache(model, batch)
   heads = head_positions(batch['tokens'].shape[0], pred_at - start + np.arange(size))
@@ -178,7 +181,8 @@ def _chunk(params, cache, batch, *, model: DreamVLM, start: int, n: int, pred_at
   if size == 0:
     return None, None, None, state['cache']
   cond, pred = _conditions(out)
-  return cond, pred, out['hidden']['core'][:, n - size:], state['cache']
+  at = pred_at - start
+  return cond, pred, out['hidden']['core'][:, at:at + size], state['cache']
 
 
 @functools.partial(jax.jit, static_argnames=('model', 'start', 'n'))
@@ -202,12 +206,23 @@ def activation_surprise(before, after, where) -> jax.Array:
   """[B]: how much feeding a scale's sample moved the model: 1 - cosine between the core
   output at each M_k position (before the sample exists) and at its U_k position (the
   sample fed), averaged over the sampled patches (where [B, n]). The seed's measure: the
-  prediction at M_k against what the model makes of the actual image at U_k."""
+  prediction at M_k against what the model makes of the actual image at U_k, patch by
+  patch (`surprise_positions`)."""
   before, after = before.astype(jnp.float32), after.astype(jnp.float32)
   cos = jnp.sum(before * after, -1) * jax.lax.rsqrt(
       jnp.sum(before * before, -1) * jnp.sum(after * after, -1) + 1e-12)
   w = jnp.asarray(where, jnp.float32)
   return jnp.sum((1.0 - cos) * w, axis=-1) / jnp.maximum(jnp.sum(w, axis=-1), 1.0)
+
+
+def surprise_positions(slots: sequence.ImageSlots, k: int) -> tuple[np.ndarray, np.ndarray]:
+  """(expecting, seeing) [n] of scale k (0-based), both indexed by patch j: the position
+  whose output decodes patch j (M_k's j - target_shift: with target_shift=1 the marker
+  decodes patch 0 and M_k's position j patch j + 1) and U_k's position j, where patch j
+  is fed (M_k itself in a single-copy layout). The activation surprise compares the two,
+  so it compares what the model expected of a patch with what it makes of that patch."""
+  j = np.arange(slots.sizes[k], dtype=np.int32)
+  return slots.predicting(k) + j, slots.fed(k) + j
 
 
 @functools.partial(jax.jit, static_argnames=('model',))
@@ -450,13 +465,10 @@ class ImageGenerator:
     for k in range(num_scales):
       pred_at, size = slots.predicting(k), slots.sizes[k]
       base = self._base(scales, k, padded)
-      own = slots.masked[k] + np.arange(size, dtype=np.int32)
-      fed = slots.fed(k) + np.arange(size, dtype=np.int32)
+      expecting, fed = surprise_positions(slots, k)
       if reference:
-        cond, pred = full_pass(params, self.ctx.put_rows(batch),
-                           pred_at + np.arange(size, dtype=np.int32),
-                           model=self.model)
-        before = core_at(params, self.ctx.put_rows(batch), own, model=self.model)
+        cond, pred = full_pass(params, self.ctx.put_rows(batch), expecting, model=self.model)
+        before = core_at(params, self.ctx.put_rows(batch), expecting, model=self.model)
       else:
         start, n = passes[k]
         cond, pred, before, cache = _chunk(params, cache, self.ctx.put_rows(batch),

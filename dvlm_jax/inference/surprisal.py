@@ -20,7 +20,7 @@ from dvlm_jax.inference import sequence
 from dvlm_jax.inference import text as text_lib
 from dvlm_jax.inference.generation import (SURPRISES, GenerationOptions, ImageGenerator,
                                            Unsupported, activation_surprise, core_at, full_pass,
-                                           in_context, pixel_surprise)
+                                           in_context, pixel_surprise, surprise_positions)
 
 
 @in_context
@@ -53,19 +53,16 @@ def calibrate(gen: ImageGenerator, params, images: Sequence[np.ndarray], prompts
     slots = sequence.image_slots(batch, gen.cfg.target_shift)
     for j in range(k, len(gen.cfg.scales)):   # nothing not yet drawn is visible
       batch['patches'][:, slots.fed(j) + np.arange(slots.sizes[j])] = 0.0
-    own = slots.masked[k] + np.arange(size, dtype=np.int32)
-    fed = slots.fed(k) + np.arange(size, dtype=np.int32)
+    expecting, fed = surprise_positions(slots, k)
     truth = np.stack([it.patches[k] for it in items])
     where = np.ones((padded, size), bool)
     if surprise == 'activation':
-      before = core_at(params, gen.ctx.put_rows(batch), own, model=gen.model)
+      before = core_at(params, gen.ctx.put_rows(batch), expecting, model=gen.model)
       after = core_at(params, gen.ctx.put_rows(gen.fed(batch, fed, truth, 1)), fed,
                        model=gen.model)
       values = activation_surprise(before, after, where)
     else:
-      _, pred = full_pass(params, gen.ctx.put_rows(batch),
-                      slots.predicting(k) + np.arange(size, dtype=np.int32),
-                      model=gen.model)
+      _, pred = full_pass(params, gen.ctx.put_rows(batch), expecting, model=gen.model)
       values = pixel_surprise(pred, truth, where, gen.norm_pix)
     thresholds.append(float(np.percentile(gen.ctx.to_host(values)[:len(images)], percentile)))
   return tuple(thresholds)
@@ -84,12 +81,16 @@ def surprisal(gen, params, documents: Sequence[Sequence]) -> np.ndarray:
   batch = gen.rows(text_lib.pad_rows(documents, padded))
   slots = sequence.image_slots(batch, gen.cfg.target_shift)
   out = np.full((b, len(slots.sizes)), np.nan, np.float32)
-  own = np.concatenate([slots.masked[k] + np.arange(n) for k, n in enumerate(slots.sizes)])
-  fed = np.concatenate([slots.fed(k) + np.arange(n) for k, n in enumerate(slots.sizes)])
-  core = core_at(params, gen.ctx.put_rows(batch), np.concatenate([own, fed]).astype(np.int32),
-                  model=gen.model)
+  pairs = [surprise_positions(slots, k) for k in range(len(slots.sizes))]
+  expecting = np.concatenate([e for e, _ in pairs])
+  fed = np.concatenate([f for _, f in pairs])
+  core = core_at(params, gen.ctx.put_rows(batch), np.concatenate([expecting, fed]),
+                 model=gen.model)
   before, after = np.split(gen.ctx.to_host(core), 2, axis=1)
-  masked = batch['is_masked'][:, own]
+  # Patch j of M_k is masked or not at M_k's position j (its own place, not where it is
+  # decoded from).
+  masked = batch['is_masked'][:, np.concatenate(
+      [slots.masked[k] + np.arange(n) for k, n in enumerate(slots.sizes)])]
   start = 0
   for k, n in enumerate(slots.sizes):
     at = slice(start, start + n)

@@ -108,6 +108,29 @@ def sown_mean(intermediates, name: str) -> jax.Array:
   return jnp.mean(jnp.concatenate(found))
 
 
+def image_losses(model: DreamVLM, params, out, batch, rng: jax.Array, cfg: LossConfig) -> dict:
+  """{'imun' and/or 'imgen': (per-position loss, weights, scale)} at the image heads'
+  positions of `out` (what the model variant has: no imun head, no 'imun')."""
+  parts = {}
+  if 'image_stream' not in out:
+    return parts
+  at = out['image_stream']
+  targets = at.gather(batch['image_targets']).astype(jnp.float32)
+  weights, scale = at.gather(batch['image_weights'], fill=0.0), at.gather(batch['scale'], fill=0)
+  if 'patch_pred' in out:
+    imun_target = normalize_patches(targets) if cfg.imun_norm_pix else targets
+    parts['imun'] = (jnp.mean(jnp.square(out['patch_pred'] - imun_target), axis=-1), weights,
+                     scale)
+  if 'imgen_cond' in out:
+    cond = out['imgen_cond']
+    denoise = lambda x_t, t: model.apply({'params': params}, x_t, t, cond, method=DreamVLM.denoise)
+    # Residual targets (diffusion.target='residual'): the head draws the difference from
+    # the coarser scale upsampled; the imun head keeps the pixels.
+    drawn = targets - at.gather(batch['image_base']) if 'image_base' in batch else targets
+    parts['imgen'] = (cfg.objective.loss(denoise, drawn, rng), weights, scale)
+  return parts
+
+
 def compute_loss(model: DreamVLM, params, batch, rng: jax.Array, cfg: LossConfig):
   """Returns (total loss, metrics dict of scalars)."""
   metrics = {}
@@ -125,26 +148,14 @@ def compute_loss(model: DreamVLM, params, batch, rng: jax.Array, cfg: LossConfig
       (jnp.argmax(out['text_logits'], axis=-1) == text_targets).astype(jnp.float32), text_weights)
   total = cfg.text_weight * text
 
-  if 'image_stream' in out:
-    at = out['image_stream']
-    targets = at.gather(batch['image_targets']).astype(jnp.float32)
-    weights, scale = at.gather(batch['image_weights'], fill=0.0), at.gather(batch['scale'], fill=0)
-    emphasis = (1.0 + cfg.detail_weight * jnp.std(targets, axis=-1)
-                if cfg.detail_weight > 0 else None)
-  if 'patch_pred' in out:
-    imun_target = normalize_patches(targets) if cfg.imun_norm_pix else targets
-    per_position = jnp.mean(jnp.square(out['patch_pred'] - imun_target), axis=-1)
-    total = total + cfg.imun_weight * _image_part('imun', per_position, weights, scale, cfg,
-                                                  metrics, emphasis)
-  if 'imgen_cond' in out:
-    cond = out['imgen_cond']
-    denoise = lambda x_t, t: model.apply({'params': params}, x_t, t, cond, method=DreamVLM.denoise)
-    # Residual targets (diffusion.target='residual'): the head draws the difference from
-    # the coarser scale upsampled; the imun head keeps the pixels.
-    drawn = targets - at.gather(batch['image_base']) if 'image_base' in batch else targets
-    per_position = cfg.objective.loss(denoise, drawn, rng)
-    total = total + cfg.imgen_weight * _image_part('imgen', per_position, weights, scale, cfg,
-                                                   metrics, emphasis)
+  parts = image_losses(model, params, out, batch, rng, cfg)
+  emphasis = None
+  if parts and cfg.detail_weight > 0:
+    targets = out['image_stream'].gather(batch['image_targets']).astype(jnp.float32)
+    emphasis = 1.0 + cfg.detail_weight * jnp.std(targets, axis=-1)
+  for name, weight in (('imun', cfg.imun_weight), ('imgen', cfg.imgen_weight)):
+    if name in parts:
+      total = total + weight * _image_part(name, *parts[name], cfg, metrics, emphasis)
 
   if cfg.moe:
     total = total + cfg.moe_aux_weight * metrics['moe_aux']

@@ -3,12 +3,14 @@
 Record i of a split is a pure function of (seed, split, i): its own generator
 draws scenes until one whose caption belongs to the split, so a record never
 changes when the split sizes do. Captions are partitioned by hash between the
-splits (`splits.split_by_caption`), so validation and test hold only scenes the
+splits (`splits.scene_split`: 15 % each of one-shape captions, 5 % of others), so validation and test hold only scenes the
 model was not trained on in those words. Labels are the scene as JSON
 (`shapes.scene_to_dict`), from which the caption is exactly recoverable.
 """
 
 from __future__ import annotations
+
+import tensorflow_datasets as tfds
 
 from dvlm_jax.data import shapes, splits
 from dvlm_jax.data.builders import base
@@ -16,6 +18,11 @@ from dvlm_jax.data.builders import base
 
 class Shapes(base.DvlmBuilder):
   """Coloured shapes on a 3x3 grid with compositional captions."""
+
+  # 1.1.0: one-shape captions hold out 15 % each for validation and test (was 5 %).
+  VERSION = tfds.core.Version('1.1.0')
+  RELEASE_NOTES = {'1.0.0': 'First release of the dvlm_jax record format.',
+                   '1.1.0': 'One-shape captions: 15 % validation, 15 % test.'}
 
   BUILDER = 'shapes'
   DESCRIPTION = ('Procedural shapes world: 1..max_shapes coloured shapes on a 3x3 grid, '

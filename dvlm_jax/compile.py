@@ -26,6 +26,7 @@ with one line naming what to change.
 
 from __future__ import annotations
 
+import copy
 import functools
 import re
 import sys
@@ -208,7 +209,7 @@ def useful_train_flops(config) -> tuple[float, str]:
   from dvlm_jax.data import pipeline
   from dvlm_jax.training import flops
   rows = min(USEFUL_SAMPLE_ROWS, config.data.batch_size)
-  sample = cfg_lib.ConfigDict(config)
+  sample = copy.deepcopy(config)   # ConfigDict(config) would share config.data
   sample.data.batch_size = rows
   try:
     batch = pipeline.first_batch(sample)

@@ -102,7 +102,27 @@ def rules(config) -> tuple[tuple[str, Any], ...]:
 def make_mesh(config, devices=None) -> Mesh:
   devices = list(devices if devices is not None else jax.devices())
   shape = mesh_shape(config, len(devices))
-  return Mesh(np.asarray(devices).reshape(shape), MESH_AXES)
+  return Mesh(device_grid(shape, devices), MESH_AXES)
+
+
+def device_grid(shape: tuple[int, ...], devices: list) -> np.ndarray:
+  """`devices` as an array of `shape` (MESH_AXES order). TPUs: laid along the torus
+  (`mesh_utils`), and with several slices (multi-slice over DCN) the 'data' axis spans
+  the slices, every other axis stays inside one; other devices: in order."""
+  if devices[0].platform != 'tpu':
+    return np.asarray(devices).reshape(shape)
+  from jax.experimental import mesh_utils
+  slices = len({getattr(d, 'slice_index', 0) for d in devices})
+  if slices == 1:
+    return mesh_utils.create_device_mesh(shape, devices, allow_split_physical_axes=True)
+  data = MESH_AXES.index('data')
+  if shape[data] % slices:
+    raise ConfigError(f'config.mesh.data={shape[data]} must be a multiple of the {slices} '
+                      f'slices (the data axis spans them over DCN): set mesh.data={slices}')
+  dcn = [1] * len(shape)
+  dcn[data] = slices
+  ici = [s // d for s, d in zip(shape, dcn)]
+  return mesh_utils.create_hybrid_device_mesh(ici, dcn, devices, allow_split_physical_axes=True)
 
 
 def logical_shardings(abstract_tree, mesh: Mesh, axis_rules) -> Any:

@@ -6,6 +6,7 @@ the Triton / Mosaic programs for 'cuda' / 'tpu' without a device. Every kernel c
 here shares one shape per dtype so each is compiled once (compiles dominate the time).
 """
 
+import dataclasses
 import functools
 import logging
 import os
@@ -25,6 +26,7 @@ from dvlm_jax.model import attention
 from dvlm_jax.model.kernels import range_attention as ra
 from dvlm_jax.model.kernels import splash
 from dvlm_jax.model.kernels import tokamax_attention
+from dvlm_jax.model import dvlm
 from dvlm_jax.model.dvlm import DreamVLM
 from dvlm_jax.model.layers import ModelConfig
 from tests.conftest import ROOT, build, image_batch, layout_config, tiny_config
@@ -354,25 +356,60 @@ def test_splash_mask_info_skips_what_the_gpu_kernel_skips():
     assert set(full) <= set(np.flatnonzero(block_mask[i] == 2))
 
 
+def model_stage_rules(batch):
+  """Every stage's (q_scope, k_scope, q_end) exactly as the model passes them to attention
+  in training (`dvlm.stage_rules`): text-in and image-in on their own streams, the core
+  over the row, each out stack's compacted queries (capacities = the batch's largest
+  counts, so the out stacks' queries are fewer than the row's keys) against the row."""
+  scopes = contract.stage_scopes(batch)
+  most = lambda stage: int(np.max(np.sum(scopes[stage].queries, axis=1)))
+  caps = layout.Capacities(most('text_in'), most('image_in'), most('text_out'), most('imun_out'))
+  cfg = dataclasses.replace(ModelConfig.from_config(tiny_config()), capacities=tuple(caps))
+  rules = dvlm.stage_rules(jax.tree.map(jnp.asarray, batch), cfg)
+  return {name: (r.q_scope, r.k_scope, r.q_end) for name, r in rules.items()}
+
+
 @functools.lru_cache(maxsize=None)
-def splash_fn():
-  def run(q, k, v, scope, end, w):
-    f = lambda q, k, v: splash.splash_attention(q, k, v, scope, scope, end, block=128,
-                                                interpret=True)
+def splash_fn(impl):
+  """(out, dq, dk, dv) of one attention implementation, jitted (one compile per shape)."""
+  def run(q, k, v, q_scope, k_scope, q_end, w):
+    if impl == 'splash':
+      f = lambda q, k, v: splash.splash_attention(q, k, v, q_scope, k_scope, q_end, block=128,
+                                                  interpret=True)
+    else:
+      f = lambda q, k, v: attention.attend(q, k, v, q_scope=q_scope, k_scope=k_scope,
+                                           q_end=q_end, implementation='xla')
     out, vjp = jax.vjp(f, q, k, v)
     return (out, *vjp(w))
   return jax.jit(run)
 
 
-def test_splash_interpret_matches_reference():
-  fn = splash_fn()
+def test_splash_interpret_is_the_rule_on_every_stage():
+  """What compiles for a TPU is what the model means: splash (Pallas interpret mode, the
+  kernel code the TPU compiles) against the reference on each stage's own scope ids and
+  ends, values and gradients; rows that see nothing are exactly 0."""
   batch = packed_rows(0, seq_len=SEQ)
-  q, k, v, w = random_qkvw(5, jnp.float32, 64)
-  for kind in ('document', 'text'):
-    scope, end = scope_inputs(batch, kind)
-    mask = dense(scope, end)
-    got = assert_matches_reference(fn, (q, k, v, scope, end, w), mask, 1e-4, kind)
-    assert np.all(np.asarray(got[0])[~mask.any(-1)] == 0.0)
+  rules = model_stage_rules(batch)
+  assert set(rules) == {'text_in', 'image_in', 'core', 'text_out', 'imun_out', 'imgen_out'}
+  assert rules['text_out'][0].shape[1] < SEQ and rules['imun_out'][0].shape[1] < SEQ
+  ks = jax.random.split(jax.random.key(5), 4)
+  for stage, (q_scope, k_scope, q_end) in rules.items():
+    lq, lk = q_scope.shape[1], k_scope.shape[1]
+    q = jax.random.normal(ks[0], (B, lq, H, 64))
+    k, v = (jax.random.normal(key, (B, lk, KVH, 64)) for key in ks[1:3])
+    mask = np.asarray(contract.make_mask(q_scope, k_scope, q_end))
+    seen = mask.any(-1)
+    assert seen.any(), stage
+    w = jax.random.normal(ks[3], q.shape) * seen[..., None, None]
+    got = splash_fn('splash')(q, k, v, q_scope, k_scope, q_end, w)
+    want = splash_fn('xla')(q, k, v, q_scope, k_scope, q_end, w)
+    for name, g, r in zip(('out', 'dq', 'dk', 'dv'), got, want):
+      g, r = np.asarray(g), np.asarray(r)
+      if name in ('out', 'dq'):   # rows that see nothing: the kernel's 0, XLA's garbage
+        assert np.all(g[~seen] == 0.0), (stage, name)
+        g, r = g[seen], r[seen]
+      err = np.max(np.abs(g - r)) / max(np.max(np.abs(r)), 1e-6)
+      assert err < 1e-4, (stage, name, err)
 
 
 def test_splash_lowers_for_tpu():

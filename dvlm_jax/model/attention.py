@@ -34,10 +34,17 @@ AUTO = {'gpu': 'pallas_gpu', 'tpu': 'splash'}
 _warned: set[str] = set()
 
 
+def platform() -> str:
+  """The platform the program being traced will run on: that of the mesh in context (a
+  TPU slice compiled ahead of time on a CPU host is 'tpu'), else JAX's default backend."""
+  device = getattr(jax.sharding.get_abstract_mesh(), 'abstract_device', None)
+  return device.platform if device is not None else jax.default_backend()
+
+
 def resolve(implementation: str) -> str:
-  """The implementation that runs: 'auto' picks per backend (`AUTO`)."""
+  """The implementation that runs: 'auto' picks per platform (`AUTO`, `platform`)."""
   if implementation == 'auto':
-    return AUTO.get(jax.default_backend(), 'xla')
+    return AUTO.get(platform(), 'xla')
   return implementation
 
 
@@ -90,9 +97,9 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | ScopeMask
     needs = _BACKEND.get(implementation)
     if not have_scopes:
       _warn_once(f'{implementation}: no scope ids passed (only a dense mask); using xla')
-    elif needs and jax.default_backend() != needs:
+    elif needs and platform() != needs:
       _warn_once(f'{implementation} needs a {needs.upper()}, running on '
-                 f'{jax.default_backend()}; using xla')
+                 f'{platform()}; using xla')
     else:   # one kernel call per device under the mesh in context
       if implementation == 'splash':
         kernel = splash.splash_attention

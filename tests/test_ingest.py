@@ -102,6 +102,14 @@ def make_webdataset(folder, rng, n_good=240):
   good_ids = {ids[k] for k in good}
   # Of two records with the same content the smaller id stays.
   kept, dropped = sorted([ids['000004'], ids['zdup']])
+  # A shard cut short in its third sample: the two samples before the break are kept.
+  with wds.TarWriter(str(folder / 'shard-00002.tar')) as sink:
+    for k in range(3):
+      sink.write({'__key__': f'cut{k}', 'png': encode(picture(rng)), 'txt': b'cut short'[k:]})
+  data = (folder / 'shard-00002.tar').read_bytes()
+  (folder / 'shard-00002.tar').write_bytes(data[:data.rindex(b'\x89PNG') + 100])
+  bad['unreadable_shard'] += 1
+  good_ids |= {'shard-00002/cut0', 'shard-00002/cut1'}
   return (good_ids - {ids['000004']}) | {kept}, bad, {dropped}
 
 

@@ -42,6 +42,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
+import tensorflow_datasets as tfds
 from PIL import Image
 from webdataset import tariterators
 
@@ -77,7 +78,7 @@ CAPTION_COLUMNS = ('caption', 'txt', 'text')
 KEY_COLUMNS = ('key', 'id')
 INTERLEAVED_COLUMNS = ('texts', 'images')
 # Beyond the pipeline's reasons (decode.SKIP_REASONS): a shard that cannot be read to its
-# end (its records up to the break are kept).
+# end (the samples completed before the break are kept, the file is counted once).
 UNREADABLE_SHARD = 'unreadable_shard'
 DUPLICATE = 'duplicate'          # not bad: counted and listed, never skipped as bad
 IMAGE_FORMATS = ('jpeg', 'png')
@@ -313,24 +314,37 @@ class CountIssues(beam.CombineFn):
     return acc
 
 
+_TAR_ERRORS = (tarfile.TarError, OSError, EOFError)
+
+
+def _until_broken(files, errors: list):
+  """The files of a tar stream up to a break (truncation, damage); the error goes to `errors`,
+  so webdataset's grouping still hands over the last sample completed before it."""
+  try:
+    yield from files
+  except _TAR_ERRORS as e:
+    errors.append(e)
+
+
 class ReadWebDataset(beam.DoFn):
   """A tar shard (fileio.ReadableFile) -> raw records, grouped by webdataset's own rules."""
 
   def process(self, readable):
     source = readable.metadata.path
+    errors, n = [], 0
     try:
       with readable.open() as stream:
-        files = tariterators.tar_file_iterator(stream)
-        samples = tariterators.group_by_keys(
-            {**f, '__url__': source} for f in files)
-        n = 0
-        for sample in samples:
+        files = _until_broken(tariterators.tar_file_iterator(stream), errors)
+        for sample in tariterators.group_by_keys({**f, '__url__': source} for f in files):
           n += 1
           yield webdataset_sample(sample, source)
-      if n == 0:
-        yield _bad(_stem(source), source, UNREADABLE_SHARD, 'a tar without any file')
-    except (tarfile.TarError, OSError, EOFError, ValueError) as e:
-      yield _bad(_stem(source), source, UNREADABLE_SHARD, f'{type(e).__name__}: {e}')
+    except _TAR_ERRORS + (ValueError,) as e:   # ValueError: a file name twice for one key
+      errors.append(e)
+    if errors:
+      yield _bad(_stem(source), source, UNREADABLE_SHARD,
+                 f'after {n} samples: {type(errors[0]).__name__}: {errors[0]}')
+    elif n == 0:
+      yield _bad(_stem(source), source, UNREADABLE_SHARD, 'a tar without any file')
 
 
 class ReadParquet(beam.DoFn):
@@ -430,7 +444,7 @@ def check_webdataset(path: str) -> None:
         files.append(f)
         if len(files) >= _PREFLIGHT_MEMBERS:
           break
-  except (tarfile.TarError, OSError, EOFError) as e:
+  except _TAR_ERRORS as e:
     raise IngestError(f'--format webdataset: {path} is not a tar file ({e}); WebDataset shards '
                       'are tars of KEY.jpg|png + KEY.txt|json') from None
   for sample in tariterators.group_by_keys({**f, '__url__': path} for f in files):
@@ -529,7 +543,6 @@ class Ingest(base.DvlmBuilder):
 
   def download_and_prepare(self, **kwargs):
     """TFDS runs the Beam pipeline of `_split_generators` with these options."""
-    import tensorflow_datasets as tfds
     kwargs['download_config'] = tfds.download.DownloadConfig(
         beam_options=PipelineOptions(list(self.BEAM_ARGS)),
         num_shards=self.options['num_shards'] or None)
@@ -537,7 +550,7 @@ class Ingest(base.DvlmBuilder):
 
   def _split_generators(self, dl_manager, pipeline):
     del dl_manager
-    self.check_source()
+    self.check_source()   # again: this may be a fresh builder (build_with's --overwrite path)
     o, name = self.options, self.BUILDER
     reader = (ReadWebDataset() if o['format'] == 'webdataset'
               else ReadParquet(o['format'], self.columns))
@@ -673,6 +686,9 @@ def main(argv: list[str] | None = None) -> int:
   args, passed = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
   if args.workers < 1:
     parser.error('--workers must be >= 1')
+  if args.workers > 1 and args.runner != 'DirectRunner':
+    parser.error(f'--workers is the DirectRunner\'s; give {args.runner} its own options '
+                 '(Dataflow --num_workers / --max_num_workers, Flink --parallelism)')
   logging.basicConfig(level=logging.WARNING, format='%(levelname)s: %(message)s')
   # The runner logs a failing step's traceback before it re-raises the error, which
   # either becomes one line below or propagates with its traceback anyway.

@@ -7,8 +7,9 @@ a `--small` set), ingests each with: --workers 1 (in-process), and the multi-pro
 DirectRunner with 1 and 2 worker processes. A run has a fixed cost (building the Beam
 graph, starting workers) that dwarfs small inputs, so besides records / wall second the
 table gives the marginal rate, (records - small) / (time - small time): what more data
-costs, the figure that scales with workers. The ratio is 2 workers over 1 (both
-multi-processing).
+costs, the figure that scales with workers; and the marginal CPU milliseconds per record
+(this process and the worker processes), which a busy machine does not change much. The
+ratio is 2 workers over 1 (both multi-processing).
 """
 
 from __future__ import annotations
@@ -45,11 +46,18 @@ def write_shards(folder: str, records: int, side: int, seed: int = 0) -> str:
   return os.path.join(folder, '*.tar')
 
 
-def timed_ingest(pattern: str, data_dir: str, workers: int, multi: bool) -> float:
+def cpu_seconds() -> float:
+  """CPU time of this process and of its finished children (the Beam worker processes)."""
+  t = os.times()
+  return t.user + t.system + t.children_user + t.children_system
+
+
+def timed_ingest(pattern: str, data_dir: str, workers: int, multi: bool) -> tuple[float, float]:
+  """(wall seconds, CPU seconds) of one ingest."""
   extra = ['--direct_running_mode=multi_processing'] if multi and workers == 1 else []
-  start = time.perf_counter()
+  start, cpu = time.perf_counter(), cpu_seconds()
   ingest.ingest('webdataset', pattern, data_dir, 'bench', workers=workers, pipeline_args=extra)
-  return time.perf_counter() - start
+  return time.perf_counter() - start, cpu_seconds() - cpu
 
 
 def main() -> None:
@@ -63,17 +71,21 @@ def main() -> None:
     small = write_shards(os.path.join(tmp, 'small'), args.small, args.side, seed=1)
     print(f'{args.records} (and {args.small}) {args.side}-px JPEG pairs in {SHARDS} tars; '
           f'{os.cpu_count()} CPUs', flush=True)
-    print(f'{"mode":<34} {"small s":>8} {"big s":>8} {"rec/s":>8} {"marginal rec/s":>15}')
+    print(f'{"mode":<30} {"small s":>8} {"big s":>8} {"rec/s":>7} {"marginal rec/s":>15} '
+          f'{"CPU ms/rec":>11}')
     rates = {}
     for label, workers, multi in (('--workers 1 (in-process)', 1, False),
                                   ('multi_processing, 1 worker', 1, True),
-                                  ('multi_processing, 2 workers (--workers 2)', 2, True)):
-      t_small = timed_ingest(small, os.path.join(tmp, f'out-s-{workers}-{multi}'), workers, multi)
-      t_big = timed_ingest(big, os.path.join(tmp, f'out-b-{workers}-{multi}'), workers, multi)
-      marginal = (args.records - args.small) / max(t_big - t_small, 1e-9)
+                                  ('--workers 2 (multi_processing)', 2, True)):
+      t_small, cpu_small = timed_ingest(small, os.path.join(tmp, f's-{workers}-{multi}'),
+                                        workers, multi)
+      t_big, cpu_big = timed_ingest(big, os.path.join(tmp, f'b-{workers}-{multi}'),
+                                    workers, multi)
+      extra = args.records - args.small
+      marginal = extra / max(t_big - t_small, 1e-9)
       rates[(workers, multi)] = marginal
-      print(f'{label:<34} {t_small:8.1f} {t_big:8.1f} {args.records / t_big:8.0f} '
-            f'{marginal:15.0f}', flush=True)
+      print(f'{label:<30} {t_small:8.1f} {t_big:8.1f} {args.records / t_big:7.0f} '
+            f'{marginal:15.0f} {1000 * (cpu_big - cpu_small) / extra:11.1f}', flush=True)
     print(f'ratio, marginal rate 2 workers / 1 worker (multi_processing): '
           f'{rates[(2, True)] / rates[(1, True)]:.2f}x; 2 workers / in-process: '
           f'{rates[(2, True)] / rates[(1, False)]:.2f}x')

@@ -22,7 +22,9 @@ from PIL import Image
 
 from dvlm_jax import train
 from dvlm_jax.data import builders
+from dvlm_jax.data import decode
 from dvlm_jax.data import ingest
+from dvlm_jax.data import pipeline
 from tests.conftest import ROOT, tiny_config
 
 TINY = os.path.join(ROOT, 'experiments', 'tiny.py')
@@ -258,6 +260,7 @@ def test_interleaved_documents_keep_their_order(inputs, ingested):
   assert set(splits) == {'train', 'validation'}      # --test_fraction 0
   meta = counts(ingested, 'docs')
   assert meta['skipped'] == dict(bad) and meta['repaired'] == {'empty_text_dropped': 1}
+  options = pipeline.decode_options(tiny_config())
   for record in (r for rs in splits.values() for r in rs):
     rid = record['id'].decode()
     assert record['items'].decode() == expected[rid]
@@ -267,12 +270,14 @@ def test_interleaved_documents_keep_their_order(inputs, ingested):
     assert all(t.endswith(f'of document {number}.') for t in texts)
     assert [int(t.split()[1]) for t in texts] == sorted(int(t.split()[1]) for t in texts)
     assert len(texts) == len(spans)
+    # The pipeline's document keeps that order (what the layout then lays out).
+    doc, _ = decode.record_to_document(record, rid, options, np.random.default_rng(0))
+    assert ''.join('T' if isinstance(x, str) else 'I' for x in doc) == expected[rid]
 
 
 def test_train_and_grain_resume_on_ingested_sets(ingested, tmp_path, capsys):
   """The ingested sets are data sets like the built ones: the Grain pipeline resumes
   exactly, and the train command runs a few steps on them."""
-  from dvlm_jax.data import pipeline
   config = tiny_config()
   config.data.source = 'tfds'
   config.data.data_dir = str(ingested)

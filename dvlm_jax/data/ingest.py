@@ -662,6 +662,24 @@ def ingest(fmt: str, input_pattern: str, data_dir: str, name: str, *, workers: i
                       'the split out') from None
 
 
+OPTION_HELP = {
+    'max_side': 'longest side of a stored image in pixels (larger ones are scaled down)',
+    'image_format': 'how stored images are encoded: jpeg or png',
+    'jpeg_quality': 'JPEG quality of stored images',
+    'validation_fraction': 'share of the keys (by hash) in the validation split; 0 = none',
+    'test_fraction': 'share of the keys (by hash) in the test split; 0 = none',
+    'max_bad_fraction': 'skipped share of the records read above which the ingest fails',
+    'max_image_pixels': 'larger declared images are skipped unread (decompression bombs)',
+    'image_column': 'parquet: the image column (default: the first of '
+                    + ' '.join(IMAGE_COLUMNS) + ')',
+    'caption_column': 'parquet: the caption column (default: the first of '
+                      + ' '.join(CAPTION_COLUMNS) + ')',
+    'key_column': 'parquet: the key column (default: ' + ' or '.join(KEY_COLUMNS)
+                  + ' if there, else the row number)',
+    'num_shards': 'ArrayRecord shards per split; 0 = by size (TFDS)',
+}
+
+
 def make_parser() -> argparse.ArgumentParser:
   parser = cli.parser('python -m dvlm_jax.data.ingest', __doc__.split('\n\n')[0])
   parser.add_argument('--format', required=True, choices=FORMATS)
@@ -677,7 +695,9 @@ def make_parser() -> argparse.ArgumentParser:
   for key, default in Ingest.OPTIONS.items():
     if key in ('format', 'input'):
       continue
-    parser.add_argument(f'--{key}', type=type(default), default=default)
+    shown = f' (default {default})' if default != '' else ''
+    parser.add_argument(f'--{key}', type=type(default), default=default,
+                        help=OPTION_HELP[key] + shown)
   return parser
 
 

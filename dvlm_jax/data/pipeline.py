@@ -120,8 +120,8 @@ def open_source(name: str, config) -> Sequence:
     close = difflib.get_close_matches(name, list(builders.BUILDERS), n=1)
     raise DataError(f'data.mixture: no data set {name!r}'
                     + (f"; did you mean '{close[0]}'?" if close else '')
-                    + f' in {data_dir} (builders: {", ".join(builders.BUILDERS)}; or a set '
-                    'written by python -m dvlm_jax.data.ingest --name NAME)')
+                    + f' (builders: {", ".join(builders.BUILDERS)}; or a set ingested into '
+                    f'{data_dir} by python -m dvlm_jax.data.ingest --name NAME)')
   build = f'python -m dvlm_jax.data.build {name} --data_dir {data_dir}'
   try:
     splits = builders.open_splits(data_dir, name)

@@ -105,7 +105,8 @@ def build_with(cls: type[base.DvlmBuilder], data_dir: str, *, overwrite: bool = 
                **options) -> BuildResult:
   """Builds with builder class `cls` (a registered builder, or the ingest command's)."""
   name = cls.BUILDER
-  data_dir = os.path.abspath(data_dir)
+  if '://' not in data_dir:   # gs://... (an ingest on a cluster) stays as it is
+    data_dir = os.path.abspath(data_dir)
   builder = cls(data_dir=data_dir, **options)   # checks the options
   path = builders.dataset_dir(data_dir, name)
   exists = builders.is_built(data_dir, name)

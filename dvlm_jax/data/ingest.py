@@ -624,7 +624,9 @@ def ingest_class(name: str, beam_args: list[str], report_dir: str) -> type[Inges
 def report_dir(data_dir: str, name: str) -> str:
   """Where an ingest's bad records and counts go: beside the data set, outside it (a
   failed ingest writes no data set, but its bad records are what the user needs)."""
-  return os.path.join(os.path.abspath(data_dir), f'{base.TFDS_PREFIX}{name}.ingest')
+  local = '://' not in data_dir
+  return os.path.join(os.path.abspath(data_dir) if local else data_dir,
+                      f'{base.TFDS_PREFIX}{name}.ingest')
 
 
 # ----------------------------------------------------------------------------- command

@@ -36,6 +36,7 @@ import numpy as np
 
 from dvlm_jax import cli
 from dvlm_jax import config as cfg_lib
+from dvlm_jax.errors import ConfigError
 
 GIB = 1 << 30
 PROGRAMS = ('train', 'decode', 'generate')
@@ -55,7 +56,7 @@ def parse_args(argv):
   return cli.parse(parser, argv)
 
 
-class OverMemory(cfg_lib.ConfigError):
+class OverMemory(ConfigError):
   """The compiler found the program larger than the chip's memory."""
 
 
@@ -223,7 +224,6 @@ def report(name: str, parts, config, devices, chip=None,
            budget_gib: float | None = None) -> tuple[list[str], str | None]:
   """(lines to print, the error line when over the budget or the chip) of one program,
   compiled as one or more executables (`parts`, run one after the other)."""
-  from dvlm_jax.training import flops
   parts = parts if isinstance(parts, list) else [parts]
   mems = [memory(p) for p in parts]
   costs = [cost(p) for p in parts]

@@ -21,7 +21,7 @@ import os
 import re
 import tempfile
 
-from dvlm_jax.config import ConfigError
+from dvlm_jax.errors import ConfigError
 
 GIB = 1 << 30
 

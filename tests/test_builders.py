@@ -494,6 +494,19 @@ def test_cli_build_noop_rebuild_and_overwrite(tmp_path, capsys):
   assert len(tfds.data_source('dvlm_glyphs', data_dir=str(tmp_path))['train']) == 6
 
 
+def test_a_build_is_byte_identical_in_another_process(tmp_path):
+  """Protobuf writes a map in an order that changes between processes; builds sort it."""
+  build_lib.build_dataset('glyphs', str(tmp_path / 'here'), **TINY)
+  subprocess.run([sys.executable, '-m', 'dvlm_jax.data.build', 'glyphs', '--data_dir',
+                  str(tmp_path / 'there')] + [f'--{k}={v}' for k, v in TINY.items()],
+                 check=True, capture_output=True, cwd=ROOT, timeout=120)
+  def shards(where):
+    path = builders.dataset_dir(str(tmp_path / where), 'glyphs')
+    return {f: open(os.path.join(path, f), 'rb').read() for f in os.listdir(path)
+            if 'array_record' in f}
+  assert shards('here') == shards('there') and len(shards('here')) == 3
+
+
 def test_cli_builds_the_data_sets_an_experiment_mixes(tmp_path, capsys):
   # What `make train` runs: the demo reads shapes_single and nothing else.
   assert build_lib.mixture_names(os.path.join(ROOT, 'experiments', 'small.py'), []) == [

@@ -8,7 +8,7 @@ import pytest
 
 from dvlm_jax import compile as compile_lib
 from dvlm_jax import topology
-from dvlm_jax.config import ConfigError
+from dvlm_jax.errors import ConfigError
 from tests.conftest import ROOT
 
 TINY = os.path.join(ROOT, 'experiments', 'tiny.py')

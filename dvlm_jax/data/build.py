@@ -99,8 +99,15 @@ def _replace(new: str, old: str) -> None:
 def build_dataset(name: str, data_dir: str, *, overwrite: bool = False,
                   **options) -> BuildResult:
   """Builds data set `name` into `data_dir` (see the module docstring for the rules)."""
-  cls = builders.get(name)
-  data_dir = os.path.abspath(data_dir)
+  return build_with(builders.get(name), data_dir, overwrite=overwrite, **options)
+
+
+def build_with(cls: type[base.DvlmBuilder], data_dir: str, *, overwrite: bool = False,
+               **options) -> BuildResult:
+  """Builds with builder class `cls` (a registered builder, or the ingest command's)."""
+  name = cls.BUILDER
+  if '://' not in data_dir:   # gs://... (an ingest on a cluster) stays as it is
+    data_dir = os.path.abspath(data_dir)
   builder = cls(data_dir=data_dir, **options)   # checks the options
   path = builders.dataset_dir(data_dir, name)
   exists = builders.is_built(data_dir, name)

@@ -334,8 +334,9 @@ class BadRecordCounter:
   """
 
   def __init__(self, max_bad_fraction: float, *, min_records: int = 100, log_first: int = 3,
-               examples: int = 5):
+               examples: int = 5, setting: str = 'data.max_bad_fraction'):
     self.max_bad_fraction = float(max_bad_fraction)
+    self.setting = setting   # what the user raises to accept more (named in the error)
     self.min_records = int(min_records)
     self.log_first = int(log_first)
     self.n_examples = int(examples)
@@ -372,8 +373,8 @@ class BadRecordCounter:
     if bad / self.seen > self.max_bad_fraction:
       raise TooManyBadRecords(
           f'{bad} of {self.seen} records skipped ({bad / self.seen:.1%}), more than '
-          f'data.max_bad_fraction={self.max_bad_fraction:g}: {self.describe()}. Fix or rebuild '
-          'the data set, or raise data.max_bad_fraction')
+          f'{self.setting}={self.max_bad_fraction:g}: {self.describe()}. Fix or rebuild '
+          f'the data set, or raise {self.setting}')
 
   def describe(self) -> str:
     """Per reason: count and example record ids."""

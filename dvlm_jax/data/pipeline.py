@@ -111,15 +111,18 @@ def open_source(name: str, config) -> Sequence:
   """The random-access records of one built data set split (TFDS ArrayRecord source).
 
   `name` is a builder name (`python -m dvlm_jax.data.build --list`: 'shapes',
-  'twemoji', ...), read from data.data_dir.
+  'twemoji', ...) or the --name of an ingested set (`python -m dvlm_jax.data.ingest`),
+  read from data.data_dir.
   """
   from dvlm_jax.data import builders   # imports TFDS: only when real data is read
   data_dir, split = str(config.data.data_dir), str(config.data.split)
-  if name not in builders.BUILDERS:   # a typo: suggest what exists, never a build that fails
+  if name not in builders.BUILDERS and not builders.is_built(data_dir, name):
+    # A typo: suggest what exists, never a build that fails.
     close = difflib.get_close_matches(name, list(builders.BUILDERS), n=1)
     raise DataError(f'data.mixture: no data set {name!r}'
                     + (f"; did you mean '{close[0]}'?" if close else '')
-                    + f' (builders: {", ".join(builders.BUILDERS)})')
+                    + f' (builders: {", ".join(builders.BUILDERS)}; or a set ingested into '
+                    f'{data_dir} by python -m dvlm_jax.data.ingest --name NAME)')
   build = f'python -m dvlm_jax.data.build {name} --data_dir {data_dir}'
   try:
     splits = builders.open_splits(data_dir, name)

@@ -30,8 +30,11 @@ def hash_fraction(key: str) -> float:
   return int.from_bytes(digest[:8], 'big') / 2.0**64
 
 
-def split_by_hash(key: str, validation_fraction: float) -> str:
-  return 'validation' if hash_fraction(key) < validation_fraction else 'train'
+def split_by_hash(key: str, validation_fraction: float, test_fraction: float = 0.0) -> str:
+  """train / validation / test by hash of `key`: the two fractions, the rest train."""
+  u = hash_fraction(key)
+  return ('validation' if u < validation_fraction else
+          'test' if u < validation_fraction + test_fraction else 'train')
 
 
 def split_by_caption(caption: str, held_out: float = HELD_OUT) -> str:

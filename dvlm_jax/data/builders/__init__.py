@@ -43,9 +43,9 @@ def tfds_name(name: str) -> str:
 
 
 def dataset_dir(data_dir: str, name: str) -> str:
-  """Where a build of `name` lives: DATA_DIR/dvlm_NAME/VERSION."""
-  cls = get(name)
-  return os.path.join(data_dir, cls.name, str(cls.VERSION))
+  """Where a build of `name` lives: DATA_DIR/dvlm_NAME/VERSION (a builder's, or a data set
+  written by `python -m dvlm_jax.data.ingest --name NAME`)."""
+  return os.path.join(data_dir, base.TFDS_PREFIX + name, str(base.DvlmBuilder.VERSION))
 
 
 def is_built(data_dir: str, name: str) -> bool:

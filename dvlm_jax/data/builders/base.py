@@ -18,11 +18,14 @@ import json
 import logging
 import os
 from typing import Any, ClassVar, Iterable, Iterator, Sequence
+from unittest import mock
 
 import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 from PIL import Image
+from tensorflow_datasets.core import example_serializer
+from tensorflow_datasets.core import split_builder
 
 from dvlm_jax.data import splits
 
@@ -188,6 +191,18 @@ def take(items: Sequence, limit: int) -> Sequence:
   return items[:limit] if limit > 0 else items
 
 
+class DeterministicSerializer(example_serializer.ExampleSerializer):
+  """TFDS's record serializer, with the feature map written in key order.
+
+  Protobuf writes a map in an order that changes from process to process, so the
+  same records would give other bytes on every build; sorted, a build is
+  byte-identical when its inputs are.
+  """
+
+  def serialize_example(self, example) -> bytes:
+    return self.get_tf_example(example).SerializeToString(deterministic=True)
+
+
 class DvlmBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   """Base of every dvlm_jax builder.
 
@@ -240,6 +255,12 @@ class DvlmBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     raise NotImplementedError
 
   # ------------------------------------------------------------------ TFDS hooks
+
+  def download_and_prepare(self, **kwargs):
+    """TFDS's build, with the byte-reproducible serializer (TFDS has no option for it)."""
+    with mock.patch.object(split_builder.example_serializer, 'ExampleSerializer',
+                           DeterministicSerializer):
+      return super().download_and_prepare(**kwargs)
 
   @tfds.core.utils.classproperty
   @classmethod

@@ -1,10 +1,13 @@
-"""Small dream VLM, the CPU demo that `make train` runs (30-px shapes pictures at 2 scales).
+"""Small dream VLM, the CPU demo that `make train` runs (48-px shapes pictures at 2 scales).
 
 The demo's recipe (each part measured against the previous demo on the same budget and
-seed, docs/training.md): the one-shape shapes world (`shapes_single`: every attribute of
+seed, docs/findings.md): the one-shape shapes world (`shapes_single`: every attribute of
 a shape still varies, but a picture holds one, so that kind, the attribute learnt last, is
-read and drawn within the budget); scales 3 and 6 of 5-px patches, so the
-coarsest scale is the world's 3 x 3 grid and an image takes 94 tokens instead of 173;
+read and drawn within the budget); scales 3 and 6 of 8-px patches (a small shape is 8
+pixels wide instead of 5: its outline, the kind, has pixels to show), so the coarsest
+scale is the world's 3 x 3 grid and an image takes 94 tokens; image targets weighted by
+their detail (`loss.detail_weight=8`: a patch with an edge counts up to ~9x a flat one,
+so the shape's outline is not drowned by the background around it);
 rotary pairs on y and x only and the cell-position features (`model.rope_axes`,
 `model.image_pos_embed`); each scale's loss weighing the same (`loss.scale_weighting`);
 70 % of captioned pictures drawn from their caption, every such picture fully masked as
@@ -51,7 +54,7 @@ def get_config(arg=None):
   c.diffusion.target = 'residual'
   c.diffusion.objective = 'flow_x0_mse'  # the head predicts the clean patch (JiT): no speckle
   c.diffusion.time_shift = 3.0   # with the x0 loss: the head learns to draw the prompt's colour
-  c.image.patch_size = 5
+  c.image.patch_size = 8          # 48-px pictures: a small shape is 8 px, its kind visible
   c.image.scales = (3, 6)
   # Generation learns from caption-first documents drawn from nothing: every image after
   # its caption is masked as generation sees it, and 70 % of captioned pictures are laid
@@ -72,6 +75,7 @@ def get_config(arg=None):
   c.model.image_pos_embed = True
   c.model.embed_init_std = 1.0   # words keep their identity: the prompt's colour reaches the image
   c.loss.scale_weighting = 'scale'
+  c.loss.detail_weight = 8.0      # edges over background: generation draws the named kind
   c.data.mixture = (('shapes_single', 1.0),)
   c.data.builtin_max_shapes = 1  # the same world from the built-in source (the study)
   c.data.tokenizer = TOKENIZER

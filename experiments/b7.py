@@ -4,6 +4,7 @@ images at 4 scales, rows of 4096) on a 4096-wide, 32-layer core, sharded FSDP x 
 Slice: v5p-64 (32 chips: fsdp 8 x tensor 4); on v5p-128 fsdp grows to 16 (mesh.fsdp=-1).
 Check it fits before a launch (docs/performance.md has the figures):
 
+  python -m dvlm_jax.train --config experiments/b7.py --workdir runs/b7   # on the slice
   python -m dvlm_jax.compile --config experiments/b7.py --topology v5p-64
   launch/tpu_pod.sh TPU_NAME ZONE --config experiments/b7.py --workdir gs://BUCKET/runs/b7
 

@@ -3,6 +3,7 @@ per token; about 4.6B parameters, 1.5B active per token), for TPU pod slices.
 
 Slice: v5p-32 (16 chips: fsdp 4 x expert 4); on v5p-64 fsdp grows to 8 (mesh.fsdp=-1).
 
+  python -m dvlm_jax.train --config experiments/moe.py --workdir runs/moe   # on the slice
   python -m dvlm_jax.compile --config experiments/moe.py --topology v5p-32
   launch/tpu_pod.sh TPU_NAME ZONE --config experiments/moe.py --workdir gs://BUCKET/runs/moe
 

@@ -45,7 +45,8 @@ def tfds_name(name: str) -> str:
 def dataset_dir(data_dir: str, name: str) -> str:
   """Where a build of `name` lives: DATA_DIR/dvlm_NAME/VERSION (a builder's, or a data set
   written by `python -m dvlm_jax.data.ingest --name NAME`)."""
-  return os.path.join(data_dir, base.TFDS_PREFIX + name, str(base.DvlmBuilder.VERSION))
+  version = (BUILDERS[name] if name in BUILDERS else base.DvlmBuilder).VERSION
+  return os.path.join(data_dir, base.TFDS_PREFIX + name, str(version))
 
 
 def is_built(data_dir: str, name: str) -> bool:

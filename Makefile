@@ -27,7 +27,7 @@ venv: $(VENV)/.installed
 DATA_DIR ?= data
 
 train: venv
-	$(PY) -m dvlm_jax.data.build --config $(CONFIG) --data_dir $(DATA_DIR)
+	$(PY) -m dvlm_jax.build_data --config $(CONFIG) --data_dir $(DATA_DIR)
 	$(PY) -m dvlm_jax.train --config $(CONFIG) --workdir $(WORKDIR) \
 	  --config.data.source=tfds --config.data.data_dir=$(DATA_DIR) $(SEED_FLAGS)
 

@@ -19,6 +19,7 @@ from typing import Any, Sequence
 
 import ml_collections
 
+from dvlm_jax.data import limits
 from dvlm_jax.errors import ConfigError
 from dvlm_jax.overrides import apply_overrides
 
@@ -109,7 +110,7 @@ def defaults() -> ConfigDict:
   c.data.builtin_text = 0.1          # builtin: share of text-only records
   c.data.builtin_max_shapes = 2
   c.data.builtin_scenes = 0          # > 0: a fixed set of this many scenes (memorisation check)
-  c.data.data_dir = 'data'      # where `python -m dvlm_jax.data.build NAME --data_dir DIR` wrote
+  c.data.data_dir = 'data'      # where `python -m dvlm_jax.build_data NAME --data_dir DIR` wrote
   c.data.split = 'train'
   # (tfds name, weight) pairs; on the command line e.g. --config.data.mixture=shapes:1,twemoji:2
   c.data.mixture = (('shapes', 1.0), ('twemoji', 1.0))
@@ -120,8 +121,8 @@ def defaults() -> ConfigDict:
                                    # 0 = prompts only condition, as in text-to-image training
   c.data.pack_lookahead = 8     # documents that may wait for the next batch while packing
   c.data.tokenizer = 'byte'     # byte | path of a SentencePiece .model (sentencepiece_tokenizer.py)
-  c.data.max_bad_fraction = 0.01      # skipped records above this share stop the run
-  c.data.max_image_pixels = 64_000_000  # larger declared sizes are skipped (decompression bombs)
+  c.data.max_bad_fraction = limits.MAX_BAD_FRACTION   # skipped records above it stop the run
+  c.data.max_image_pixels = limits.MAX_IMAGE_PIXELS   # larger declared sizes are skipped
   # Per-row capacities of the streams each model stage runs on (docs/architecture.md):
   # the packer fills a row only up to them, the model gathers into them. 0 = the bound
   # the layout implies (no saving for that stream); smaller = less padded work.

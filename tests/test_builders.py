@@ -14,6 +14,7 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
+from dvlm_jax import build_data
 from dvlm_jax.data import build as build_lib
 from dvlm_jax.data import builders
 from dvlm_jax.data import glyphs
@@ -465,7 +466,7 @@ def test_text_corpus_per_file(tmp_path):
 # ----------------------------------------------------------------------------- CLI
 
 def test_cli_list(capsys):
-  assert build_lib.main(['--list']) == 0
+  assert build_data.main(['--list']) == 0
   out = capsys.readouterr().out
   for name in builders.BUILDERS:
     assert f'dvlm_{name}' in out
@@ -474,20 +475,20 @@ def test_cli_list(capsys):
 def test_cli_build_noop_rebuild_and_overwrite(tmp_path, capsys):
   args = ['glyphs', '--data_dir', str(tmp_path), '--train_size', '4', '--validation_size', '2',
           '--test_size', '2']
-  assert build_lib.main(args) == 0
+  assert build_data.main(args) == 0
   out = capsys.readouterr().out
   assert 'built' in out and 'train' in out and '4 records' in out
   path = builders.dataset_dir(str(tmp_path), 'glyphs')
   stamp = os.path.getmtime(os.path.join(path, 'dataset_info.json'))
-  assert build_lib.main(args) == 0                                       # same options: no-op
+  assert build_data.main(args) == 0                                       # same options: no-op
   assert 'already built' in capsys.readouterr().out
   assert os.path.getmtime(os.path.join(path, 'dataset_info.json')) == stamp
   bigger = args[:4] + ['6'] + args[5:]
-  assert build_lib.main(bigger) == 2                                     # other options: refused
+  assert build_data.main(bigger) == 2                                     # other options: refused
   err = capsys.readouterr().err
   assert err.startswith('error:') and '--overwrite' in err and err.count('\n') == 1
   assert len(builders.open_splits(str(tmp_path), 'glyphs')['train']) == 4   # old build intact
-  assert build_lib.main(bigger + ['--overwrite']) == 0
+  assert build_data.main(bigger + ['--overwrite']) == 0
   assert len(builders.open_splits(str(tmp_path), 'glyphs')['train']) == 6
   assert sorted(os.listdir(tmp_path)) == ['dvlm_glyphs']                 # no leftovers
   # Readable by name through TFDS alone, with none of the builder code.
@@ -497,7 +498,7 @@ def test_cli_build_noop_rebuild_and_overwrite(tmp_path, capsys):
 def test_a_build_is_byte_identical_in_another_process(tmp_path):
   """Protobuf writes a map in an order that changes between processes; builds sort it."""
   build_lib.build_dataset('glyphs', str(tmp_path / 'here'), **TINY)
-  subprocess.run([sys.executable, '-m', 'dvlm_jax.data.build', 'glyphs', '--data_dir',
+  subprocess.run([sys.executable, '-m', 'dvlm_jax.build_data', 'glyphs', '--data_dir',
                   str(tmp_path / 'there')] + [f'--{k}={v}' for k, v in TINY.items()],
                  check=True, capture_output=True, cwd=ROOT, timeout=120)
   def shards(where):
@@ -509,17 +510,17 @@ def test_a_build_is_byte_identical_in_another_process(tmp_path):
 
 def test_cli_builds_the_data_sets_an_experiment_mixes(tmp_path, capsys):
   # What `make train` runs: the demo reads shapes_single and nothing else.
-  assert build_lib.mixture_names(os.path.join(ROOT, 'experiments', 'small.py'), []) == [
+  assert build_data.mixture_names(os.path.join(ROOT, 'experiments', 'small.py'), []) == [
       'shapes_single']
   tiny = os.path.join(ROOT, 'experiments', 'tiny.py')
   args = ['--config', tiny, '--config.data.mixture=twemoji', '--data_dir', str(tmp_path),
           '--limit', '3']
-  assert build_lib.main(args) == 0
+  assert build_data.main(args) == 0
   assert 'twemoji: built' in capsys.readouterr().out
   assert sorted(os.listdir(tmp_path)) == ['dvlm_twemoji']
   for bad, message in [(['--config.data.mixture=nosuchset'], 'unknown data set'),
                        (['--config.data.mixtur=twemoji'], "did you mean 'data.mixture'")]:
-    assert build_lib.main(['--config', tiny, '--data_dir', str(tmp_path)] + bad) == 2
+    assert build_data.main(['--config', tiny, '--data_dir', str(tmp_path)] + bad) == 2
     err = capsys.readouterr().err
     assert err.startswith('error:') and message in err and err.count('\n') == 1, err
 
@@ -534,14 +535,14 @@ def test_cli_builds_the_data_sets_an_experiment_mixes(tmp_path, capsys):
     (['nosuchset'], 'unknown data set'),
 ])
 def test_cli_errors_are_one_line(tmp_path, capsys, args, message):
-  assert build_lib.main(args[:1] + ['--data_dir', str(tmp_path)] + args[1:]) == 2
+  assert build_data.main(args[:1] + ['--data_dir', str(tmp_path)] + args[1:]) == 2
   err = capsys.readouterr().err
   assert err.startswith('error:') and message in err and err.count('\n') == 1, err
 
 
 def test_cli_module_entry_point(tmp_path):
   result = subprocess.run(
-      [sys.executable, '-m', 'dvlm_jax.data.build', 'text', '--data_dir', str(tmp_path),
+      [sys.executable, '-m', 'dvlm_jax.build_data', 'text', '--data_dir', str(tmp_path),
        '--source', str(tmp_path / 'missing')], capture_output=True, text=True, cwd=ROOT)
   assert result.returncode == 2
   assert result.stderr.strip().splitlines() == [

@@ -10,7 +10,9 @@ from dvlm_jax import config as config_lib
 from dvlm_jax.validation import validate
 from dvlm_jax import contract
 from dvlm_jax.data import builtin
-from dvlm_jax.data import inspect as inspect_cli
+from dvlm_jax import build_data
+from dvlm_jax import inspect_data
+from dvlm_jax.data import inspect as inspect_lib
 from dvlm_jax.data import layout
 from dvlm_jax.data import pipeline
 from dvlm_jax.data import shapes
@@ -257,7 +259,7 @@ def test_numpy_mask_matches_the_model_mask():
                                             batch['attn_end']))
   for r in range(batch['tokens'].shape[0]):
     np.testing.assert_array_equal(
-        inspect_cli.attention_mask(batch['segment_ids'][r], batch['attn_end'][r]), expected[r])
+        inspect_lib.attention_mask(batch['segment_ids'][r], batch['attn_end'][r]), expected[r])
 
 
 def test_patches_reassemble_into_the_rendered_image():
@@ -269,14 +271,14 @@ def test_patches_reassemble_into_the_rendered_image():
   doc = layout.encode_document([image, shapes.caption(scene)], cfg,
                                tk.ByteTokenizer(), np.random.default_rng(0))
   sel = (doc['copy'] == 2) & (doc['scale'] == len(cfg.scales))
-  pixels = inspect_cli.patches_to_image(doc['patches'][sel], doc['positions'][sel],
+  pixels = inspect_lib.patches_to_image(doc['patches'][sel], doc['positions'][sel],
                                         cfg.patch_size)
   np.testing.assert_array_equal(pixels, image)
 
 
-def test_inspect_cli_writes_npz_and_png(small_experiment, tmp_path, capsys):
+def test_inspect_lib_writes_npz_and_png(small_experiment, tmp_path, capsys):
   out, png = tmp_path / 'batch.npz', tmp_path / 'layout.png'
-  rc = inspect_cli.main(['--config', small_experiment, '--config.data.seq_len=320',
+  rc = inspect_data.main(['--config', small_experiment, '--config.data.seq_len=320',
                          '--config.data.batch_size', '3', '--out', str(out), '--png', str(png),
                          '--row', '1'])
   assert rc == 0
@@ -291,24 +293,23 @@ def test_inspect_cli_writes_npz_and_png(small_experiment, tmp_path, capsys):
   assert 'masked:' in printed and 'image_targets' in printed
 
 
-def test_inspect_cli_rejects_unknown_keys(small_experiment, tmp_path, capsys):
-  rc = inspect_cli.main(['--config', small_experiment, '--config.data.seq_lenn=3',
+def test_inspect_lib_rejects_unknown_keys(small_experiment, tmp_path, capsys):
+  rc = inspect_data.main(['--config', small_experiment, '--config.data.seq_lenn=3',
                          '--out', str(tmp_path / 'x.npz')])
   assert rc == 2 and 'seq_len' in capsys.readouterr().err
   assert not (tmp_path / 'x.npz').exists()
 
 
-def test_inspect_cli_reads_a_built_data_set(small_experiment, tmp_path, capsys):
-  from dvlm_jax.data import build
+def test_inspect_lib_reads_a_built_data_set(small_experiment, tmp_path, capsys):
   data_dir = str(tmp_path / 'data')
-  assert build.main(['glyphs', '--data_dir', data_dir, '--train_size', '12',
+  assert build_data.main(['glyphs', '--data_dir', data_dir, '--train_size', '12',
                      '--validation_size', '4', '--test_size', '4']) == 0
   out, png = tmp_path / 'glyphs.npz', tmp_path / 'glyphs.png'
-  rc = inspect_cli.main(['--config', small_experiment, '--dataset', 'glyphs', '--data_dir',
+  rc = inspect_data.main(['--config', small_experiment, '--dataset', 'glyphs', '--data_dir',
                          data_dir, '--out', str(out), '--png', str(png)])
   assert rc == 0 and png.exists()
   with np.load(out) as saved:
     assert np.count_nonzero(saved['modality'] == 2) > 0
-  assert inspect_cli.main(['--config', small_experiment, '--dataset', 'shapes', '--data_dir',
+  assert inspect_data.main(['--config', small_experiment, '--dataset', 'shapes', '--data_dir',
                            data_dir, '--out', str(out)]) == 2   # not built: a clear error
-  assert 'python -m dvlm_jax.data.build shapes' in capsys.readouterr().err
+  assert 'python -m dvlm_jax.build_data shapes' in capsys.readouterr().err

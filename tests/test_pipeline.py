@@ -450,7 +450,7 @@ def test_mixture_settings():
 
 def test_missing_data_set_names_the_build_command(tmp_path):
   config = make_config(data_dir=str(tmp_path), mixture=(('twemoji', 1.0),))
-  with pytest.raises(pipeline.DataError, match='python -m dvlm_jax.data.build twemoji'):
+  with pytest.raises(pipeline.DataError, match='python -m dvlm_jax.build_data twemoji'):
     pipeline.batches_for(config, 0, 1)
 
 

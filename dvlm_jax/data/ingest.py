@@ -61,10 +61,10 @@ except ImportError:
 finally:
   logging.disable(logging.NOTSET)
 
-from dvlm_jax import config as cfg_lib
 from dvlm_jax.data import build as build_lib
 from dvlm_jax.data import builders
 from dvlm_jax.data import decode
+from dvlm_jax.data import limits
 from dvlm_jax.data import splits
 from dvlm_jax.data.builders import base
 from dvlm_jax.data.builders import folder
@@ -502,8 +502,8 @@ class Ingest(base.DvlmBuilder):
       'format': base.REQUIRED, 'input': base.REQUIRED,
       'max_side': 512, 'image_format': 'jpeg', 'jpeg_quality': 90,
       'validation_fraction': 0.05, 'test_fraction': 0.05,
-      'max_bad_fraction': float(cfg_lib.defaults().data.max_bad_fraction),
-      'max_image_pixels': int(cfg_lib.defaults().data.max_image_pixels),
+      'max_bad_fraction': limits.MAX_BAD_FRACTION,
+      'max_image_pixels': limits.MAX_IMAGE_PIXELS,
       'image_column': '', 'caption_column': '', 'key_column': '', 'num_shards': 0,
   }
   BEAM_ARGS: tuple[str, ...] = ()   # Beam pipeline options (runner, workers): not the data's

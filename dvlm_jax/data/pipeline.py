@@ -110,7 +110,7 @@ def load_tokenizer(config):
 def open_source(name: str, config) -> Sequence:
   """The random-access records of one built data set split (TFDS ArrayRecord source).
 
-  `name` is a builder name (`python -m dvlm_jax.data.build --list`: 'shapes',
+  `name` is a builder name (`python -m dvlm_jax.build_data --list`: 'shapes',
   'twemoji', ...) or the --name of an ingested set (`python -m dvlm_jax.data.ingest`),
   read from data.data_dir.
   """
@@ -123,7 +123,7 @@ def open_source(name: str, config) -> Sequence:
                     + (f"; did you mean '{close[0]}'?" if close else '')
                     + f' (builders: {", ".join(builders.BUILDERS)}; or a set ingested into '
                     f'{data_dir} by python -m dvlm_jax.data.ingest --name NAME)')
-  build = f'python -m dvlm_jax.data.build {name} --data_dir {data_dir}'
+  build = f'python -m dvlm_jax.build_data {name} --data_dir {data_dir}'
   try:
     splits = builders.open_splits(data_dir, name)
   except (builders.base.SourceError, builders.base.OptionError) as e:

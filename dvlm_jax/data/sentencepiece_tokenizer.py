@@ -154,7 +154,7 @@ def main(argv=None) -> int:
   names = [n for n in args.datasets.split(',') if n] or built_datasets(args.data_dir)
   if not names:
     return cli.fail(f'no built data sets in {args.data_dir!r} '
-                    '(build some with python -m dvlm_jax.data.build NAME --data_dir DIR)')
+                    '(build some with python -m dvlm_jax.build_data NAME --data_dir DIR)')
   try:
     texts = list(dataset_texts(args.data_dir, names, args.split))
   except Exception as e:  # a missing build or split: one line, not a traceback

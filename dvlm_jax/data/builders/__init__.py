@@ -1,6 +1,6 @@
 """Registry of the data set builders, and how to open what they wrote.
 
-Build with `python -m dvlm_jax.data.build NAME --data_dir DIR` (see build.py).
+Build with `python -m dvlm_jax.build_data NAME --data_dir DIR` (see build.py).
 A build lands in DIR/dvlm_NAME/1.0.0/ (ArrayRecord shards plus TFDS metadata);
 read it back without any of this code through TFDS alone:
 
@@ -63,5 +63,5 @@ def open_splits(data_dir: str, name: str) -> dict:
   path = dataset_dir(data_dir, name)
   if not is_built(data_dir, name):
     raise base.SourceError(f'{name} is not built in {data_dir} (no {path}); run '
-                           f'python -m dvlm_jax.data.build {name} --data_dir {data_dir}')
+                           f'python -m dvlm_jax.build_data {name} --data_dir {data_dir}')
   return dict(tfds.builder_from_directory(path).as_data_source())

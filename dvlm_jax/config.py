@@ -21,7 +21,7 @@ import ml_collections
 
 from dvlm_jax.data import limits
 from dvlm_jax.errors import ConfigError
-from dvlm_jax.overrides import apply_overrides
+from dvlm_jax.overrides import apply_overrides, set_key
 
 ConfigDict = ml_collections.ConfigDict
 
@@ -263,8 +263,23 @@ def load(spec: str, overrides: Sequence[str] = ()) -> ConfigDict:
   if not hasattr(module, 'get_config'):
     raise ConfigError(f'--config: {path} defines no get_config(arg)')
   config = module.get_config(arg or None)
+  if config.distributed.to_dict() != defaults().distributed.to_dict():
+    raise ConfigError(f'{path}: distributed.* are launch settings, not the experiment\'s: '
+                      'give them as --config.distributed.* or in the environment (launch/)')
   apply_overrides(config, overrides)
   return config
+
+
+def launch_settings(overrides: Sequence[str] = ()) -> ConfigDict:
+  """The `distributed` section: its defaults and the command line's distributed.*
+  overrides, read before the experiment. The processes must join before anything starts
+  JAX's backends, and loading an experiment may (an ablation counts its parameters)."""
+  config = defaults()
+  for item in overrides:
+    key, sep, value = item.partition('=')
+    if sep and key.startswith('distributed.'):
+      set_key(config, key, value)
+  return config.distributed
 
 
 def to_json(c: ConfigDict) -> str:

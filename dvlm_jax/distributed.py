@@ -1,8 +1,9 @@
 """Multi-host start-up and preemption.
 
-`initialize(config)` must run before anything touches a JAX device. Where the processes
-learn about each other, first match wins:
-  1. `config.distributed.coordinator/num_processes/process_id` (flags: --config.distributed.*)
+`initialize(settings)` must run before anything starts JAX's backends, so before the
+experiment loads (`config.launch_settings`). Where the processes learn about each other,
+first match wins:
+  1. `distributed.coordinator/num_processes/process_id` (flags: --config.distributed.*)
   2. environment: DVLM_COORDINATOR, DVLM_NUM_PROCESSES, DVLM_PROCESS_ID (set by launch/local.py)
   3. a cluster JAX detects by itself: SLURM (srun with several tasks), or any cluster when
      DVLM_DISTRIBUTED=auto (set by launch/tpu_pod.sh and launch/slurm.sbatch)
@@ -20,11 +21,13 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
+from dvlm_jax import backends
+from dvlm_jax.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 
-def _settings(config) -> tuple[str, int, int]:
-  d = config.distributed
+def _settings(d) -> tuple[str, int, int]:
   coordinator = d.coordinator or os.environ.get('DVLM_COORDINATOR', '')
   num = d.num_processes or int(os.environ.get('DVLM_NUM_PROCESSES', '0'))
   pid = d.process_id if d.process_id >= 0 else int(os.environ.get('DVLM_PROCESS_ID', '-1'))
@@ -36,17 +39,19 @@ def _cluster_detected() -> bool:
   return slurm or os.environ.get('DVLM_DISTRIBUTED') == 'auto'
 
 
-def initialize(config) -> None:
-  """Joins the other processes of this run, if there are any."""
-  coordinator, num, pid = _settings(config)
+def initialize(settings) -> None:
+  """Joins the other processes of this run, if there are any (`settings`: the config's
+  `distributed` section)."""
+  coordinator, num, pid = _settings(settings)
   if coordinator:
     if num < 1 or pid < 0:
-      raise ValueError(f'distributed: coordinator {coordinator} needs num_processes and '
-                       f'process_id (got {num}, {pid})')
+      raise ConfigError(f'distributed.coordinator {coordinator} needs num_processes >= 1 and '
+                        f'process_id >= 0 (got {num}, {pid}): --config.distributed.* or DVLM_*')
     jax.config.update('jax_cpu_collectives_implementation', 'gloo')
     jax.distributed.initialize(coordinator, num, pid)
   elif _cluster_detected():
     jax.distributed.initialize()
+  backends.start()
   if jax.process_count() > 1:
     log.info('process %d of %d, %d local / %d global devices', jax.process_index(),
              jax.process_count(), jax.local_device_count(), jax.device_count())

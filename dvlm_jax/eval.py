@@ -19,6 +19,7 @@ import time
 
 import jax
 
+from dvlm_jax import backends
 from dvlm_jax import cli
 from dvlm_jax.overrides import apply_overrides
 
@@ -34,6 +35,7 @@ def parse_args(argv):
 def main(argv=None) -> int:
   logging.basicConfig(level=logging.WARNING, format='%(levelname)s %(name)s: %(message)s')
   args, overrides = parse_args(argv)
+  backends.start()
   from dvlm_jax.evaluation import runner
   from dvlm_jax.inference.api import VLM
   from dvlm_jax.training.checkpoints import CheckpointError

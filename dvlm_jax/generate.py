@@ -20,6 +20,7 @@ import sys
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from dvlm_jax import backends
 from dvlm_jax import cli
 
 
@@ -150,6 +151,7 @@ def run(args) -> None:
 def main(argv=None) -> int:
   from dvlm_jax.training.checkpoints import CheckpointError
   args = parse_args(sys.argv[1:] if argv is None else argv)
+  backends.start()
   return cli.guarded(lambda: run(args), (FileNotFoundError, ValueError, CheckpointError))
 
 

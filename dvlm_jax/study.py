@@ -46,6 +46,7 @@ import sys
 import time
 from typing import Any
 
+from dvlm_jax import backends
 from dvlm_jax import cli
 from dvlm_jax import config as cfg_lib
 from dvlm_jax import study_stats
@@ -631,6 +632,7 @@ def main(argv=None) -> int:
   parser.add_argument('--run', default=None, help=argparse.SUPPRESS)
   parser.add_argument('--steps', type=int, default=None, help=argparse.SUPPRESS)
   args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+  backends.start()
   from dvlm_jax.data import pipeline
   return cli.guarded(lambda: study_main(args), (pipeline.DataError, FileNotFoundError))
 

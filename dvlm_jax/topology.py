@@ -14,13 +14,11 @@ runs the real TPU compiler, Mosaic kernels included, without a TPU.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
-import os
 import re
-import tempfile
 
+from dvlm_jax import backends
 from dvlm_jax.errors import ConfigError
 
 GIB = 1 << 30
@@ -82,7 +80,7 @@ class Slice:
     """The TPU devices of the slice(s), as libtpu describes them (nothing to run on)."""
     from jax.experimental import topologies
     topology = 'x'.join(map(str, self.shape))
-    with _quiet_libtpu():
+    with backends.quiet_libtpu():
       desc = topologies.get_topology_desc(
           platform='tpu', topology_name=f'{self.spec.libtpu_name}:{topology}',
           chip_config_name=self.spec.chip_config, chips_per_host_bounds=self.host_bounds(),
@@ -136,19 +134,3 @@ def default_shape(chips: int, dims: int) -> tuple[int, ...] | None:
   return tuple(shape) if math.prod(shape) == chips else None
 
 
-@contextlib.contextmanager
-def _quiet_libtpu():
-  """libtpu, started on a host without a TPU, warns on stderr (from C++) that it found no
-  TPU environment; nothing in that concerns a compile. Also lets this process load libtpu
-  while another one (any JAX program here) holds its lock file."""
-  os.environ.setdefault('ALLOW_MULTIPLE_LIBTPU_LOAD', '1')
-  os.environ.setdefault('TPU_STDERR_LOG_LEVEL', '3')
-  os.environ.setdefault('TPU_MIN_LOG_LEVEL', '3')
-  saved = os.dup(2)
-  with tempfile.TemporaryFile() as sink:
-    os.dup2(sink.fileno(), 2)
-    try:
-      yield
-    finally:
-      os.dup2(saved, 2)
-      os.close(saved)

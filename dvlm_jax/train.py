@@ -184,10 +184,10 @@ def main(argv=None) -> int:
   logging.basicConfig(level=logging.WARNING, format='%(levelname)s %(name)s: %(message)s')
   args, overrides = parse_args(argv)
   try:
+    distributed.initialize(cfg_lib.launch_settings(overrides))
     config = cfg_lib.load(args.config, overrides)
   except ConfigError as e:
     return cli.fail(str(e))
-  distributed.initialize(config)
   start = time.perf_counter()
   try:
     train(config, args.workdir)

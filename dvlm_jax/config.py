@@ -168,7 +168,8 @@ def defaults() -> ConfigDict:
   t.grad_accum_steps = 1        # micro-batches per step (the batch is split along rows)
   t.max_bad_steps = 10          # non-finite loss/grad steps in a row before the run stops
   t.profile_steps = ()          # (first, last): jax.profiler trace of those steps
-  t.tensorboard = True
+  t.tensorboard = True          # scalars and eval grids as TensorBoard events (training/sinks.py)
+  t.wandb_project = ''          # also to this Weights & Biases project (needs wandb); '' = off
 
   # Evaluation (dvlm_jax/evaluation/, docs/evaluation.md): during training every
   # `every` steps and at the end; `python -m dvlm_jax.eval` on a checkpoint. Every

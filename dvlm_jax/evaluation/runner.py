@@ -11,7 +11,7 @@ model every process takes part in each computation):
                             reconstructions per scale, inpaintings, captions)
   WORKDIR/tensorboard/      every metric as the scalar 'eval/NAME' and every grid as the
                             image 'eval/GRID' at STEP, next to the training loss curves
-                            (when train.tensorboard)
+                            (when train.tensorboard; and to W&B with train.wandb_project)
 
 and returns the metrics. Evaluators are deterministic for `eval.seed`, so an
 evaluation of a restored checkpoint (`python -m dvlm_jax.eval`) reproduces the
@@ -37,6 +37,7 @@ import jax
 from dvlm_jax import evaluation
 from dvlm_jax.evaluation import grid as grid_lib
 from dvlm_jax.inference.generation import Unsupported
+from dvlm_jax.training import sinks as sinks_lib
 
 # The numbers of the one-line summary during training; everything is in the record.
 HEADLINE = ('text/perplexity', 'recon/psnr', 'shapes/caption/scene', 'shapes/generation/scene',
@@ -52,8 +53,8 @@ def record_path(workdir: str, step: int, tag: str = '') -> str:
 
 
 def _write(workdir: str, step: int, tag: str, metrics, chance, not_applicable, seconds,
-           grids, *, tensorboard: bool) -> dict:
-  """The JSON record, the PNG grids and the TensorBoard scalars and images of one evaluation."""
+           grids, config) -> dict:
+  """The JSON record, the PNG grids, and the sinks' scalars and images of one evaluation."""
   directory = os.path.join(eval_dir(workdir), f'{step}{tag}')
   os.makedirs(directory, exist_ok=True)
   paths, pictures = {}, {}
@@ -68,13 +69,10 @@ def _write(workdir: str, step: int, tag: str, metrics, chance, not_applicable, s
   with open(path + '.tmp', 'w') as f:
     json.dump(record, f, indent=2, sort_keys=True)
   os.replace(path + '.tmp', path)
-  if tensorboard:
-    import tensorboardX  # event files without TensorFlow, next to the training scalars
-    with tensorboardX.SummaryWriter(os.path.join(workdir, 'tensorboard')) as writer:
-      for name, value in metrics.items():
-        writer.add_scalar(f'eval{tag}/{name}', value, step)
-      for name, picture in pictures.items():
-        writer.add_image(f'eval{tag}/{name}', picture, step, dataformats='HWC')
+  sinks = sinks_lib.Sinks(workdir, config)   # next to the training scalars
+  sinks.write(step, {f'eval{tag}/{name}': value for name, value in metrics.items()},
+              {f'eval{tag}/{name}': picture for name, picture in pictures.items()})
+  sinks.close()
   return record
 
 
@@ -99,8 +97,7 @@ def evaluate(vlm, config, step: int, workdir: str, *, tag: str = '') -> dict[str
     chance.update(evaluator.chance)
     grids.update({f'{name}_{g}': grid for g, grid in evaluator.grids.items()})
   if jax.process_index() == 0:
-    _write(workdir, step, tag, metrics, chance, not_applicable, seconds, grids,
-           tensorboard=bool(config.train.tensorboard))
+    _write(workdir, step, tag, metrics, chance, not_applicable, seconds, grids, config)
   return metrics
 
 

@@ -1,4 +1,5 @@
-"""Per-step metrics: a console line with progress, metrics.jsonl and TensorBoard events.
+"""Per-step metrics: a console line with progress, metrics.jsonl, and the sinks
+(TensorBoard events; W&B when train.wandb_project is set: `sinks.py`).
 
 Only process 0 writes. Throughput figures cover the steps since the previous log line:
 tokens/s (non-padding tokens), TFLOP/s per device and MFU from `flops.train_step_flops`
@@ -16,6 +17,7 @@ import jax
 import numpy as np
 
 from dvlm_jax.training import flops as flops_lib
+from dvlm_jax.training import sinks as sinks_lib
 
 # Order of the console line; everything is in metrics.jsonl and TensorBoard.
 CONSOLE_KEYS = ('loss', 'text', 'imun', 'imgen', 'grad_norm', 'lr')
@@ -35,12 +37,10 @@ class MetricsLogger:
     self.enabled = jax.process_index() == 0
     self._peak = flops_lib.peak_flops_per_device()
     self._devices = jax.device_count()
-    self._file = self._tb = None
+    self._file = self._sinks = None
     if self.enabled:
+      self._sinks = sinks_lib.Sinks(workdir, config)
       self._file = open(os.path.join(workdir, 'metrics.jsonl'), 'a')
-      if config.train.tensorboard:
-        import tensorboardX  # writes event files without TensorFlow
-        self._tb = tensorboardX.SummaryWriter(os.path.join(workdir, 'tensorboard'))
     self._tokens = self._flops = 0.0
     self._steps = 0
     self._since = self._start = time.perf_counter()
@@ -68,11 +68,7 @@ class MetricsLogger:
     if self.enabled:
       self._file.write(json.dumps(row) + '\n')
       self._file.flush()
-      if self._tb:
-        for k, v in row.items():
-          if k != 'step':
-            self._tb.add_scalar(k, v, step)
-        self._tb.flush()
+      self._sinks.write(step, {k: v for k, v in row.items() if k != 'step'})
       print(self._line(step, row, now), flush=True)
     return row
 
@@ -94,5 +90,5 @@ class MetricsLogger:
   def close(self) -> None:
     if self._file:
       self._file.close()
-    if self._tb:
-      self._tb.close()
+    if self._sinks:
+      self._sinks.close()

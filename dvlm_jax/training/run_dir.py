@@ -25,7 +25,8 @@ from dvlm_jax import config as cfg_lib
 # Keys that may differ between a checkpoint's run and its resume: how long, how often,
 # where, on which mesh and with which kernels, what to evaluate. Prefixes end in '.'.
 RESUMABLE = ('train.steps', 'train.log_every', 'train.profile_steps', 'train.max_bad_steps',
-             'train.tensorboard', 'checkpoint.', 'eval.', 'debug.', 'mesh.', 'distributed.',
+             'train.tensorboard', 'train.wandb_project', 'checkpoint.', 'eval.', 'debug.',
+             'mesh.', 'distributed.',
              'data.data_dir', 'data.worker_count', 'model.attention', 'model.remat')
 
 

@@ -42,8 +42,6 @@ def start() -> None:
   """Starts JAX's backends now; quietly where libtpu is installed and no TPU is attached
   (on a TPU host, or without libtpu, nothing is hidden)."""
   import jax
-  if importlib.util.find_spec('libtpu') is not None and not tpu_attached():
-    with quiet_libtpu():
-      jax.devices()
-  else:
+  noisy = importlib.util.find_spec('libtpu') is not None and not tpu_attached()
+  with quiet_libtpu() if noisy else contextlib.nullcontext():
     jax.devices()

@@ -12,7 +12,6 @@ The picture is the quickest way to check the layout by eye:
 
 from __future__ import annotations
 
-
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
